@@ -63,23 +63,33 @@ class SyntheticConfig:
 
     seed: int = 0  #: seed of the generator; same knobs + seed = byte-identical tables
     users: int = 2000  #: number of users
-    items: int = 256  #: catalogue size (attribute grid cycled; 256 = 8 shapes x 8 brands x 2 colours x 2)
+    items: int = (
+        256  #: catalogue size (attribute grid cycled; 256 = 8 shapes x 8 brands x 2 colours x 2)
+    )
     shapes: int = 8  #: values of the image-only attribute (shape drawn in the picture)
     brands: int = 8  #: values of the text-only attribute (brand word in the text)
     colours: int = 2  #: values of the attribute visible in both (colour of shape / colour word)
     min_length: int = 5  #: shortest user sequence (>= 3 for leave-one-out)
     max_length: int = 20  #: longest user sequence
-    image_signal: float = 0.9  #: P(next item keeps the current shape); 0 = shape independent of next item
-    text_signal: float = 0.9  #: P(next item keeps the current brand); 0 = brand independent of next item
+    image_signal: float = (
+        0.9  #: P(next item keeps the current shape); 0 = shape independent of next item
+    )
+    text_signal: float = (
+        0.9  #: P(next item keeps the current brand); 0 = brand independent of next item
+    )
     colour_signal: float = 0.7  #: P(next item has the user's favourite colour)
-    text_filler: int = 0  #: item-unique filler words per text (0 = text is a pure attribute shortcut)
+    text_filler: int = (
+        0  #: item-unique filler words per text (0 = text is a pure attribute shortcut)
+    )
     image_size: int = 32  #: side of the square PNG images in pixels
 
     def __post_init__(self) -> None:
         for name in ("users", "items", "shapes", "brands", "colours", "image_size"):
             _check(getattr(self, name) >= 1, f"data.synthetic.{name}", "must be >= 1")
         _check(self.min_length >= 3, "data.synthetic.min_length", "must be >= 3 (leave-one-out)")
-        _check(self.max_length >= self.min_length, "data.synthetic.max_length", "must be >= min_length")
+        _check(
+            self.max_length >= self.min_length, "data.synthetic.max_length", "must be >= min_length"
+        )
         for name in ("image_signal", "text_signal", "colour_signal"):
             _check(0.0 <= getattr(self, name) <= 1.0, f"data.synthetic.{name}", "must be in [0, 1]")
         _check(self.text_filler >= 0, "data.synthetic.text_filler", "must be >= 0")
@@ -90,8 +100,12 @@ class DataConfig:
     """Where the prepared dataset lives and how sequences are cut."""
 
     path: str = "data/synthetic"  #: prepared dataset folder (items.parquet, interactions.parquet, meta.json)
-    prepare_if_missing: bool = True  #: build the synthetic benchmark at `path` if the folder is missing
-    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)  #: benchmark knobs
+    prepare_if_missing: bool = (
+        True  #: build the synthetic benchmark at `path` if the folder is missing
+    )
+    synthetic: SyntheticConfig = dataclasses.field(
+        default_factory=SyntheticConfig
+    )  #: benchmark knobs
     history_length: int = 4  #: L: the most recent L items form a history (newest last)
     min_sequence_length: int = 3  #: users with fewer interactions are dropped (3 = train+val+test)
     loader_workers: int = 0  #: torch DataLoader worker processes
@@ -107,23 +121,38 @@ class EmbedderConfig:
     """The VLM used as item and sequence encoder (METHOD.md §2)."""
 
     name: str = "tiny-qwen2vl"  #: tiny-qwen2vl | tiny-clip | tiny-siglip | hub id | local folder
-    fusion: Literal["mean", "concat_proj"] = "mean"  #: dual encoders: how text+image make the `both` view
-    finetune: Literal["lora", "full", "frozen"] = "lora"  #: LoRA adapters, all weights, or nothing trained
+    fusion: Literal["mean", "concat_proj"] = (
+        "mean"  #: dual encoders: how text+image make the `both` view
+    )
+    finetune: Literal["lora", "full", "frozen"] = (
+        "lora"  #: LoRA adapters, all weights, or nothing trained
+    )
     lora_rank: int = 8  #: LoRA rank r
     lora_alpha: float = 16.0  #: LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.0  #: dropout on the LoRA input
-    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  #: module names adapted
-    freeze_vision: bool = True  #: keep the vision tower frozen (LoRA or full fine-tuning of the LM only)
+    lora_target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    )  #: module names adapted
+    freeze_vision: bool = (
+        True  #: keep the vision tower frozen (LoRA or full fine-tuning of the LM only)
+    )
     gradient_checkpointing: bool = False  #: trade compute for activation memory
     dtype: Literal["auto", "fp32", "bf16"] = "auto"  #: auto = bf16 on GPU, fp32 on CPU
     max_text_tokens: int = 128  #: truncate item and sequence texts to this many tokens
     image_size: int = 0  #: dual encoders / tiny models: square input side (0 = model default)
     max_pixels: int = 0  #: decoder VLM: cap on image pixels (0 = processor default)
-    images_per_history: int = 1  #: k: images of the k most recent history items in a sequence prompt
-    item_prompt: str = "{image}Title: {title}\n{text}\nSummarize the item in one word:"  #: decoder item prompt
+    images_per_history: int = (
+        1  #: k: images of the k most recent history items in a sequence prompt
+    )
+    item_prompt: str = (
+        "{image}Title: {title}\n{text}\nSummarize the item in one word:"  #: decoder item prompt
+    )
     sequence_prompt: str = (
         "{images}History:\n{history}\nSummarize the next item in one word:"
-    )  #: decoder sequence prompt; {history} = one line per item text, oldest first
+    )  #: decoder sequence prompt; {history} = one line per history item text, oldest first
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "embedder.name", "must not be empty")
@@ -142,11 +171,15 @@ class LossConfig:
     alpha: float = 0.5  #: WPCL penalty strength (0 = plain contrastive)
     beta: float = 0.1  #: CRTR topology weight (0 = no topology term)
     topology_temperature: float = 0.1  #: tau_t of the relational distributions
-    penalty_variant: Literal["reweight", "hard_negative"] = "reweight"  #: reading of WPCL (METHOD.md §4)
-    weak_modality: Literal["batch", "sample"] = "batch"  #: weak modality chosen per batch or per sample
+    penalty_variant: Literal["reweight", "hard_negative"] = (
+        "reweight"  #: reading of WPCL (METHOD.md §4)
+    )
+    weak_modality: Literal["batch", "sample"] = (
+        "batch"  #: weak modality chosen per batch or per sample
+    )
     topology_variant: Literal["strong_to_weak", "symmetric", "fused_anchor"] = (
-        "strong_to_weak"
-    )  #: reading of CRTR (METHOD.md §5)
+        "strong_to_weak"  #: reading of CRTR (METHOD.md §5)
+    )
     gather: bool = True  #: all-gather keys across data-parallel workers (global in-batch negatives)
 
     def __post_init__(self) -> None:
@@ -181,11 +214,17 @@ class TrainConfig:
     """The training loop."""
 
     epochs: int = 20  #: maximum number of epochs
-    batch_size: int = 256  #: global contrastive batch (sequences per micro-step, summed over workers)
-    early_stopping_patience: int = 0  #: stop after this many validations without improvement (0 = off)
+    batch_size: int = (
+        256  #: global contrastive batch (sequences per micro-step, summed over workers)
+    )
+    early_stopping_patience: int = (
+        0  #: stop after this many validations without improvement (0 = off)
+    )
     keep_checkpoints: int = 2  #: epoch checkpoints kept on disk besides the best one
     device: Literal["auto", "cpu", "cuda"] = "auto"  #: auto = cuda when available
-    log_every_steps: int = 0  #: report train metrics every N steps within an epoch (0 = per epoch only)
+    log_every_steps: int = (
+        0  #: report train metrics every N steps within an epoch (0 = per epoch only)
+    )
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
@@ -202,20 +241,34 @@ class EvalConfig:
     metric: str = "val/ndcg@10"  #: model-selection metric (best epoch, early stopping, Tune)
     mode: Literal["max", "min"] = "max"  #: whether `metric` is maximised or minimised
     every_epochs: int = 1  #: validate every N epochs (and always after the last)
-    val_users: int = 0  #: validate on a seeded subsample of this many users (0 = all; test uses all)
+    val_users: int = (
+        0  #: validate on a seeded subsample of this many users (0 = all; test uses all)
+    )
     item_batch_size: int = 256  #: items per forward pass in the catalogue embedding pass
     user_batch_size: int = 256  #: users scored at once
     item_chunk: int = 8192  #: candidate items per score block (memory = user_batch x item_chunk)
-    views: tuple[str, ...] = ("both", "text", "image")  #: item views scored (single views feed diagnostics)
+    views: tuple[str, ...] = (
+        "both",
+        "text",
+        "image",
+    )  #: item views scored (single views feed diagnostics)
 
     def __post_init__(self) -> None:
-        _check(self.metric.startswith(("val/", "train/")), "eval.metric", "must be a val/ or train/ key")
+        _check(
+            self.metric.startswith(("val/", "train/")),
+            "eval.metric",
+            "must be a val/ or train/ key",
+        )
         _check(self.every_epochs >= 1, "eval.every_epochs", "must be >= 1")
         _check(self.val_users >= 0, "eval.val_users", "must be >= 0")
         for name in ("item_batch_size", "user_batch_size", "item_chunk"):
             _check(getattr(self, name) >= 1, f"eval.{name}", "must be >= 1")
         bad = [v for v in self.views if v not in ("both", "text", "image")]
-        _check(not bad and "both" in self.views, "eval.views", "must contain 'both' and only both/text/image")
+        _check(
+            not bad and "both" in self.views,
+            "eval.views",
+            "must contain 'both' and only both/text/image",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
