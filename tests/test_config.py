@@ -141,7 +141,7 @@ def test_shipped_base_configs_load() -> None:
 
 
 def test_every_field_is_documented() -> None:
-    """Each dataclass field carries a one-line ``#:`` comment (on its line or its closing line)."""
+    """Each dataclass field carries a one-line ``#:`` comment (before, on or closing its line)."""
     classes = [
         RunConfig,
         SyntheticConfig,
@@ -154,4 +154,6 @@ def test_every_field_is_documented() -> None:
         lines = inspect.getsource(cls).splitlines()
         for f in dataclasses.fields(cls):
             start = next(i for i, ln in enumerate(lines) if ln.strip().startswith(f"{f.name}:"))
-            assert any("#:" in ln for ln in lines[start : start + 3]), f"{cls.__name__}.{f.name}"
+            assert any("#:" in ln for ln in lines[start - 1 : start + 3]), (
+                f"{cls.__name__}.{f.name}"
+            )

@@ -150,9 +150,8 @@ class EmbedderConfig:
     item_prompt: str = (
         "{image}Title: {title}\n{text}\nSummarize the item in one word:"  #: decoder item prompt
     )
-    sequence_prompt: str = (
-        "{images}History:\n{history}\nSummarize the next item in one word:"
-    )  #: decoder sequence prompt; {history} = one line per history item text, oldest first
+    #: decoder sequence prompt; {history} = one line per history item text, oldest first
+    sequence_prompt: str = "{images}History:\n{history}\nSummarize the next item in one word:"
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "embedder.name", "must not be empty")
