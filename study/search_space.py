@@ -1,0 +1,519 @@
+"""Study TOML -> :class:`SearchSpec` (pure, Ray-free) -> Tune param space / Optuna distributions.
+
+A study file names a base run config, study settings, fixed overrides and searched parameters::
+
+    base = "base/synthetic.toml"      # path relative to the study file
+    [study]                           # StudySettings fields
+    name = "default"
+    [fixed]                           # dotted config path -> value, applied to the base
+    "train.epochs" = 6
+    [params."loss.alpha"]             # dotted config path -> distribution
+    type = "float"
+    low = 0.05
+    high = 4.0
+    log = true
+
+Loading is strict: an unknown key anywhere, a wrong type, an empty range, a parameter path that is
+not a config path, or a corner value that the run config rejects is a :class:`SearchSpaceError`
+naming the file and the key. Every corner (each float/int bound, each categorical choice, in all
+combinations) is built into a :class:`~vlm2rec.config.RunConfig` at load time, so a study never
+discovers a bad value hours into a cluster run. ``ray.tune`` and ``optuna`` are imported lazily by
+the conversion functions only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import itertools
+import math
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from vlm2rec.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    flatten,
+    from_dict,
+    load_config,
+    to_dict,
+)
+
+__all__ = [
+    "CategoricalParam",
+    "FloatParam",
+    "IntParam",
+    "Param",
+    "SearchSpaceError",
+    "SearchSpec",
+    "StudySettings",
+    "corner_points",
+    "describe",
+    "load_search_spec",
+    "make_sampler",
+    "param_kind",
+    "to_optuna_distributions",
+    "to_tune_param_space",
+]
+
+Sampler = Literal["tpe", "random", "gp", "cmaes", "grid"]
+Scheduler = Literal["asha", "none"]
+ParamKind = Literal["float", "int", "string", "bool"]
+#: Beyond this many corner combinations, corners are checked one parameter at a time.
+MAX_CORNER_COMBINATIONS = 4096
+
+
+class SearchSpaceError(ConfigError):
+    """A study file is invalid; the message names the file and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySettings:
+    """The ``[study]`` table: what to optimise, how to sample and schedule, what a trial gets."""
+
+    name: str  #: study name = folder under the storage path
+    metric: str = "val/ndcg@10"  #: reported metric Tune/Optuna/ASHA optimise (a val/ key)
+    mode: Literal["max", "min"] = "max"  #: maximise or minimise `metric`
+    num_samples: int = 8  #: searched trials (the reference trial comes on top)
+    sampler: Sampler = "tpe"  #: Optuna sampler
+    sampler_seed: int = 0  #: seed of the sampler
+    scheduler: Scheduler = "asha"  #: ASHA early stopping or none
+    max_t: int = 6  #: ASHA: last epoch a trial may reach
+    grace_period: int = 2  #: ASHA: epochs before a trial can be stopped
+    reduction_factor: float = 2.0  #: ASHA: 1/eta of trials survive each rung
+    time_budget_s: float = 0.0  #: wall-clock budget of the whole study (0 = none)
+    workers_per_trial: int = 2  #: Ray Train data-parallel workers per trial
+    gpus_per_worker: float = 0.0  #: GPUs per worker (0 = CPU training)
+    cpus_per_worker: float = 0.5  #: logical CPUs per worker (fractional on small machines)
+    max_concurrent_trials: int = 1  #: trials running at once (0 = free GPUs // GPUs per trial)
+    reference: bool = True  #: also run the alpha = beta = 0 baseline as its own trial
+    seeds: tuple[int, ...] = ()  #: >1 seeds: a `seed` grid dimension (grid sampler only)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (bool(self.name) and "/" not in self.name, "name", "must be a non-empty folder name"),
+            (self.metric.startswith("val/"), "metric", "must be a val/ key (test/ would leak)"),
+            (self.num_samples >= 1, "num_samples", "must be >= 1"),
+            (self.grace_period >= 1, "grace_period", "must be >= 1"),
+            (self.max_t >= self.grace_period, "max_t", "must be >= grace_period"),
+            (self.reduction_factor > 1, "reduction_factor", "must be > 1"),
+            (self.time_budget_s >= 0, "time_budget_s", "must be >= 0"),
+            (self.workers_per_trial >= 1, "workers_per_trial", "must be >= 1"),
+            (self.gpus_per_worker >= 0, "gpus_per_worker", "must be >= 0"),
+            (self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0 (Ray rejects CPU: 0)"),
+            (self.max_concurrent_trials >= 0, "max_concurrent_trials", "must be >= 0"),
+            (len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed"),
+        ]
+        for ok, key, msg in checks:
+            if not ok:
+                raise ConfigError(f"study.{key}: {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatParam:
+    """Uniform (or log-uniform) float in ``[low, high]``."""
+
+    path: str  #: dotted config path
+    low: float  #: lower bound (inclusive)
+    high: float  #: upper bound
+    log: bool = False  #: sample log-uniformly (needs low > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class IntParam:
+    """Uniform integer in ``low, low + step, ..., high`` (both bounds inclusive)."""
+
+    path: str  #: dotted config path
+    low: int  #: lower bound (inclusive, a multiple of step)
+    high: int  #: upper bound (inclusive, low + k * step)
+    step: int = 1  #: grid step
+    log: bool = False  #: sample log-uniformly (needs low > 0 and step = 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoricalParam:
+    """One of a list of values (all numbers, all strings or all booleans)."""
+
+    path: str  #: dotted config path
+    choices: tuple[Any, ...]  #: the values
+
+
+Param = FloatParam | IntParam | CategoricalParam
+_PARAM_CLASSES: dict[str, type[Any]] = {
+    "float": FloatParam,
+    "int": IntParam,
+    "categorical": CategoricalParam,
+}
+
+
+def param_kind(param: Param) -> ParamKind:
+    """Value type of a parameter's leaderboard column (``param.<path>``)."""
+    if isinstance(param, FloatParam):
+        return "float"
+    if isinstance(param, IntParam):
+        return "int"
+    if all(isinstance(c, bool) for c in param.choices):
+        return "bool"
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in param.choices):
+        return "int"
+    if all(isinstance(c, int | float) and not isinstance(c, bool) for c in param.choices):
+        return "float"
+    return "string"
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (what Tune samples) -> Python values the strict config accepts."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) and not isinstance(value, str | bytes) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    """A loaded study: base run config + fixed overrides + searched parameters."""
+
+    source: str  #: the study file (for messages)
+    study: StudySettings  #: the [study] table
+    base: RunConfig  #: the base run config as read (before `fixed`)
+    fixed: Mapping[str, Any]  #: dotted-path overrides applied to `base`
+    params: tuple[Param, ...]  #: searched parameters, in file order (`seed` last when from seeds)
+
+    def base_config(self) -> RunConfig:
+        """Base run config with the ``[fixed]`` overrides applied."""
+        return apply_overrides(self.base, self.fixed)
+
+    def run_config(self, sampled: Mapping[str, Any]) -> RunConfig:
+        """Run config of one trial: base + fixed + the sampled ``{path: value}``."""
+        values = {k: _plain(v) for k, v in sampled.items()}
+        try:
+            return apply_overrides(self.base_config(), values)
+        except ConfigError as exc:
+            raise SearchSpaceError(f"{self.source}: sampled {values}: {exc}") from None
+
+    def reference_params(self) -> dict[str, Any]:
+        """Baseline trial: ``loss.alpha = loss.beta = 0``, other searched params at base values."""
+        flat = _flat_config(self.base_config())
+        ref = {p.path: flat[p.path] for p in self.params}
+        ref.update({"loss.alpha": 0.0, "loss.beta": 0.0})
+        return ref
+
+    def param_kinds(self) -> dict[str, ParamKind]:
+        """``{path: kind}`` of every searched parameter (leaderboard column types)."""
+        return {p.path: param_kind(p) for p in self.params}
+
+    def grid_size(self) -> int:
+        """Number of points of the categorical grid (grid sampler only)."""
+        return math.prod(len(p.choices) for p in self.params if isinstance(p, CategoricalParam))
+
+
+def _flat_config(cfg: RunConfig) -> dict[str, Any]:
+    return flatten(to_dict(cfg))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _unknown(source: Path, where: str, key: str, valid: list[str]) -> SearchSpaceError:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return SearchSpaceError(f"{source}: unknown key {where}{key}{hint} (valid: {', '.join(valid)})")
+
+
+def _check_keys(source: Path, where: str, table: Mapping[str, Any], valid: list[str]) -> None:
+    for key in table:
+        if key not in valid:
+            raise _unknown(source, where, str(key), valid)
+
+
+def _typed(source: Path, key: str, value: Any, tp: type | tuple[type, ...]) -> Any:
+    """Type check with int accepted as float and bool never a number."""
+    want = tp if isinstance(tp, tuple) else (tp,)
+    if float in want and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and bool not in want:
+        raise SearchSpaceError(f"{source}: {key}: expected {want[0].__name__}, got bool")
+    if not isinstance(value, want):
+        names = "/".join(t.__name__ for t in want)
+        raise SearchSpaceError(f"{source}: {key}: expected {names}, got {value!r}")
+    return value
+
+
+def _load_study(source: Path, table: Any) -> StudySettings:
+    if not isinstance(table, Mapping):
+        raise SearchSpaceError(f"{source}: [study]: expected a table")
+    _check_keys(source, "study.", table, [f.name for f in dataclasses.fields(StudySettings)])
+    if "name" not in table:
+        raise SearchSpaceError(f"{source}: study.name: required")
+    try:
+        return from_dict(dict(table), StudySettings)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise SearchSpaceError(
+            f"{source}: {'' if msg.startswith('study.') else 'study.'}{msg}"
+        ) from None
+
+
+def _load_param(source: Path, path: str, table: Any) -> Param:
+    where = f'params."{path}".'
+    if not isinstance(table, Mapping) or "type" not in table:
+        raise SearchSpaceError(
+            f"{source}: {where[:-1]}: expected a table with a `type` key "
+            f'(quote dotted paths: [params."loss.alpha"])'
+        )
+    kind = table["type"]
+    if kind not in _PARAM_CLASSES:
+        raise _unknown(source, f"{where}type = ", str(kind), list(_PARAM_CLASSES))
+    cls = _PARAM_CLASSES[kind]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    body = {k: v for k, v in table.items() if k != "type"}
+    _check_keys(source, where, body, ["type", *fields])
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in body]
+    if missing:
+        raise SearchSpaceError(f"{source}: {where}{missing[0]}: required")
+    if cls is CategoricalParam:
+        choices = _typed(source, where + "choices", body["choices"], list)
+        return _check_param(source, where, CategoricalParam(path, tuple(choices)))
+    num: type = float if cls is FloatParam else int
+    kwargs = {k: _typed(source, where + k, v, bool if k == "log" else num) for k, v in body.items()}
+    return _check_param(source, where, cls(path=path, **kwargs))
+
+
+def _check_param(source: Path, where: str, p: Param) -> Param:
+    def fail(key: str, msg: str) -> SearchSpaceError:
+        return SearchSpaceError(f"{source}: {where}{key}: {msg}")
+
+    if isinstance(p, CategoricalParam):
+        if not p.choices:
+            raise fail("choices", "must not be empty")
+        if any(not isinstance(c, str | int | float | bool) for c in p.choices):
+            raise fail("choices", "values must be strings, numbers or booleans")
+        if param_kind(p) == "string" and not all(isinstance(c, str) for c in p.choices):
+            raise fail("choices", f"mixes strings with other values: {list(p.choices)}")
+        if len(set(p.choices)) != len(p.choices):
+            raise fail("choices", f"repeats a value: {list(p.choices)}")
+        return p
+    if not p.low < p.high:
+        raise fail("low", f"must be < high (got low={p.low}, high={p.high})")
+    if p.log and p.low <= 0:
+        raise fail("low", f"must be > 0 for log = true (got {p.low}); use a categorical for 0")
+    if isinstance(p, IntParam):
+        if p.step < 1:
+            raise fail("step", "must be >= 1")
+        if p.step > 1 and (p.low % p.step or (p.high - p.low) % p.step):
+            # Tune's qrandint rounds to multiples of step, Optuna counts from low: they agree
+            # only when low and high both sit on the step grid.
+            raise fail("step", f"low={p.low} and high={p.high} must be multiples of step={p.step}")
+        if p.log and p.step != 1:
+            raise fail("log", "log = true needs step = 1")
+    return p
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise SearchSpaceError(f"study file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SearchSpaceError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_search_spec(path: str | Path) -> SearchSpec:
+    """Read and fully validate a study TOML file (see the module docstring for the format)."""
+    source = Path(path)
+    data = _read_toml(source)
+    _check_keys(source, "", data, ["base", "study", "fixed", "params"])
+    if "study" not in data:
+        raise SearchSpaceError(f"{source}: [study]: required table is missing")
+    study = _load_study(source, data["study"])
+    base = RunConfig()
+    if "base" in data:
+        base_path = source.parent / _typed(source, "base", data["base"], str)
+        try:
+            base = load_config(base_path)
+        except ConfigError as exc:
+            raise SearchSpaceError(f"{source}: base = {data['base']!r}: {exc}") from None
+    # Quoted ("train.epochs" = 6) and nested (train.epochs = 6) TOML keys both mean a dotted path.
+    fixed = flatten(_typed(source, "[fixed]", data.get("fixed", {}), dict))
+    params_table = _typed(source, "[params]", data.get("params", {}), dict)
+    params = [_load_param(source, str(k), v) for k, v in params_table.items()]
+    params += _seed_param(source, study, fixed, params)
+    spec = SearchSpec(str(source), study, base, fixed, tuple(params))
+    _check_spec(source, spec)
+    return spec
+
+
+def _seed_param(
+    source: Path, study: StudySettings, fixed: dict[str, Any], params: list[Param]
+) -> list[Param]:
+    """``seeds = [s]`` fixes the seed; several seeds become a ``seed`` grid dimension."""
+    if not study.seeds:
+        return []
+    if "seed" in fixed or any(p.path == "seed" for p in params):
+        raise SearchSpaceError(f"{source}: study.seeds: `seed` is also in [fixed] or [params]")
+    if len(study.seeds) == 1:
+        fixed["seed"] = study.seeds[0]
+        return []
+    if study.sampler != "grid":
+        # A model-based sampler would treat the seed as a tunable knob, not as replication.
+        raise SearchSpaceError(
+            f"{source}: study.seeds: several seeds need sampler = 'grid' "
+            f"(got {study.sampler!r}); use a single seed otherwise"
+        )
+    return [CategoricalParam("seed", study.seeds)]
+
+
+def _check_spec(source: Path, spec: SearchSpec) -> None:
+    for p in spec.params:
+        if p.path in spec.fixed:
+            raise SearchSpaceError(f'{source}: params."{p.path}": also set in [fixed]')
+    try:
+        spec.base_config()
+    except ConfigError as exc:
+        raise SearchSpaceError(f"{source}: [fixed]: {exc}") from None
+    epochs = spec.base_config().train.epochs
+    searched = {p.path for p in spec.params}
+    if (
+        spec.study.scheduler == "asha"
+        and "train.epochs" not in searched
+        and spec.study.max_t != epochs
+    ):
+        # ASHA's max_t below the epochs cuts every trial before its test pass; above, the
+        # top rungs are never reached. Both silently change what the study measures.
+        raise SearchSpaceError(
+            f"{source}: study.max_t = {spec.study.max_t} but train.epochs = {epochs}: "
+            "ASHA counts reported epochs, make them equal"
+        )
+    if spec.study.sampler == "grid":
+        bad = [p.path for p in spec.params if not isinstance(p, CategoricalParam)]
+        if bad:
+            raise SearchSpaceError(
+                f'{source}: params."{bad[0]}": the grid sampler needs categorical params only'
+            )
+        if spec.study.num_samples != spec.grid_size():
+            raise SearchSpaceError(
+                f"{source}: study.num_samples = {spec.study.num_samples} but the grid has "
+                f"{spec.grid_size()} points"
+            )
+    points = list(corner_points(spec))
+    if spec.study.reference:
+        points.append(spec.reference_params())
+    for point in points:
+        try:
+            apply_overrides(spec.base_config(), point)
+        except ConfigError as exc:
+            raise SearchSpaceError(f"{source}: params at {point}: {exc}") from None
+
+
+def _corners(p: Param) -> tuple[Any, ...]:
+    return p.choices if isinstance(p, CategoricalParam) else (p.low, p.high)
+
+
+def corner_points(spec: SearchSpec) -> Iterator[dict[str, Any]]:
+    """Every combination of bounds and choices (one parameter at a time if there are too many)."""
+    corners = [_corners(p) for p in spec.params]
+    if math.prod(len(c) for c in corners) <= MAX_CORNER_COMBINATIONS:
+        for values in itertools.product(*corners):
+            yield {p.path: v for p, v in zip(spec.params, values, strict=True)}
+        return
+    for p, values in zip(spec.params, corners, strict=True):
+        for v in values:
+            yield {p.path: v}
+
+
+# ----------------------------------------------------------------------------- conversions
+
+
+def to_tune_param_space(spec: SearchSpec) -> dict[str, Any]:
+    """``{path: ray.tune domain}``; dotted keys stay flat (Tune only splits on ``/``)."""
+    from ray import tune
+
+    def domain(p: Param) -> Any:
+        if isinstance(p, FloatParam):
+            return tune.loguniform(p.low, p.high) if p.log else tune.uniform(p.low, p.high)
+        if isinstance(p, IntParam):
+            if p.log:
+                return tune.lograndint(p.low, p.high + 1)  # Tune's upper bound is exclusive
+            if p.step > 1:
+                return tune.qrandint(p.low, p.high, p.step)  # inclusive upper bound
+            return tune.randint(p.low, p.high + 1)  # exclusive upper bound
+        return tune.choice(list(p.choices))
+
+    return {p.path: domain(p) for p in spec.params}
+
+
+def to_optuna_distributions(spec: SearchSpec) -> dict[str, Any]:
+    """``{path: optuna distribution}`` with the same support as :func:`to_tune_param_space`."""
+    from optuna import distributions as od
+
+    def dist(p: Param) -> Any:
+        if isinstance(p, FloatParam):
+            return od.FloatDistribution(p.low, p.high, log=p.log)
+        if isinstance(p, IntParam):
+            return od.IntDistribution(p.low, p.high, log=p.log, step=p.step)
+        return od.CategoricalDistribution(list(p.choices))
+
+    return {p.path: dist(p) for p in spec.params}
+
+
+_SAMPLER_NEEDS = {"gp": ("scipy", "GPSampler"), "cmaes": ("cmaes", "CmaEsSampler")}
+
+
+def make_sampler(spec: SearchSpec) -> Any:
+    """The Optuna sampler named by ``study.sampler``, seeded with ``study.sampler_seed``."""
+    import optuna
+
+    name, seed = spec.study.sampler, spec.study.sampler_seed
+    if name in _SAMPLER_NEEDS:
+        module, cls_name = _SAMPLER_NEEDS[name]
+        if importlib.util.find_spec(module) is None:
+            raise SearchSpaceError(
+                f"{spec.source}: study.sampler = {name!r}: optuna's {cls_name} needs the "
+                f"`{module}` package (pip install {module})"
+            )
+    if name == "grid":
+        grid = {p.path: list(p.choices) for p in spec.params if isinstance(p, CategoricalParam)}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    classes = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "gp": optuna.samplers.GPSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+    }
+    return classes[name](seed=seed)
+
+
+def _describe_param(p: Param) -> str:
+    if isinstance(p, CategoricalParam):
+        return f"{p.path}: one of {list(p.choices)}"
+    scale = "log" if p.log else "linear"
+    step = f", step {p.step}" if isinstance(p, IntParam) and p.step > 1 else ""
+    return f"{p.path}: {type(p).__name__[:-5].lower()} [{p.low}, {p.high}] {scale}{step}"
+
+
+def describe(spec: SearchSpec) -> str:
+    """Human-readable summary for ``--dry-run``."""
+    s = spec.study
+    sched = (
+        f"asha(max_t={s.max_t}, grace={s.grace_period}, eta={s.reduction_factor:g})"
+        if s.scheduler == "asha"
+        else "none"
+    )
+    budget = f"{s.time_budget_s:g} s" if s.time_budget_s else "none"
+    concurrent = s.max_concurrent_trials or "auto"
+    lines = [
+        f"study {s.name!r} from {spec.source}",
+        f"  optimise {s.metric} ({s.mode}); {s.num_samples} trials"
+        + (" + reference (alpha = beta = 0)" if s.reference else ""),
+        f"  sampler {s.sampler} (seed {s.sampler_seed}); scheduler {sched}; time budget {budget}",
+        f"  per trial {s.workers_per_trial} workers x ({s.cpus_per_worker:g} CPU, "
+        f"{s.gpus_per_worker:g} GPU); {concurrent} concurrent",
+        f"  base embedder {spec.base.embedder.name}, data {spec.base.data.path}",
+        "  fixed: " + (", ".join(f"{k}={v!r}" for k, v in spec.fixed.items()) or "nothing"),
+        "  searched:",
+        *(f"    {_describe_param(p)}" for p in spec.params),
+    ]
+    return "\n".join(lines)
