@@ -1,0 +1,197 @@
+r"""Leave-one-out splits of user sequences into training prefixes, validation and test examples.
+
+For a user's time-ordered sequence :math:`s_1, \dots, s_n` (:math:`n \ge 3`) and history length
+:math:`L`, with :math:`h_L(t) = (s_{\max(1, t-L)}, \dots, s_{t-1})` the last :math:`L` items before
+position :math:`t`:
+
+.. math::
+
+    \text{test} = (h_L(n), s_n), \quad \text{val} = (h_L(n-1), s_{n-1}), \quad
+    \text{train} = \{(h_L(t), s_t) : t = 2, \dots, n-2\}
+
+Histories are stored newest LAST and left-padded with item id 0. The items an evaluation must drop
+from a user's candidate list are the distinct items seen before the target, **except** the target
+itself (a re-purchase of an earlier item is still a hit; METHOD.md §1).
+
+============  =====================  ==================================================
+symbol        argument / field       meaning
+============  =====================  ==================================================
+:math:`s_t`   ``items`` (flat)        item id at position ``t`` of a user's sequence
+:math:`L`     ``history_length``      items kept per history
+:math:`n`     sequence length         users with :math:`n <` ``min_length`` are dropped
+============  =====================  ==================================================
+
+Shapes: ``n`` training examples, ``U`` users, ``L`` history length; histories ``[n, L]`` or
+``[U, L]``; ``seen_indptr`` ``[U + 1]`` is a CSR index into ``seen_items``.
+
+Everything is vectorised over the flat, user-sorted interaction arrays (no per-user Python loop on
+the hot path), because Amazon categories hold millions of interactions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["EvalExamples", "Splits", "TrainExamples", "make_splits", "user_sequences"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainExamples:
+    """Every training prefix of every user: ``(history, target)`` pairs."""
+
+    user_ids: np.ndarray  #: [n] int64
+    histories: np.ndarray  #: [n, L] int64, newest last, left-padded with 0
+    targets: np.ndarray  #: [n] int64
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EvalExamples:
+    """One held-out ``(history, target)`` per user plus the items to exclude from its candidates."""
+
+    user_ids: np.ndarray  #: [U] int64
+    histories: np.ndarray  #: [U, L] int64, newest last, left-padded with 0
+    targets: np.ndarray  #: [U] int64
+    seen_indptr: np.ndarray  #: [U + 1] int64, CSR row pointers into seen_items
+    seen_items: (
+        np.ndarray
+    )  #: distinct items seen before the target, target excluded, sorted per user
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def seen(self, row: int) -> np.ndarray:
+        """Items to exclude for example ``row``."""
+        return self.seen_items[self.seen_indptr[row] : self.seen_indptr[row + 1]]
+
+    def seen_pairs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, items)`` to mask in a score block of examples ``start:stop``.
+
+        ``rows`` are relative to ``start``, so ``scores[rows, items] = -inf`` masks a ``[stop-start,
+        N + 1]`` block indexed by item id.
+        """
+        lo, hi = int(self.seen_indptr[start]), int(self.seen_indptr[stop])
+        counts = np.diff(self.seen_indptr[start : stop + 1])
+        rows = np.repeat(np.arange(stop - start, dtype=np.int64), counts)
+        return rows, self.seen_items[lo:hi]
+
+    def subsample(self, n: int, seed: int) -> EvalExamples:
+        """A seeded subset of ``n`` users in their original order (``n <= 0`` or ``n >= U``: self;
+        0 is the config's "all users")."""
+        if n <= 0 or n >= len(self):
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+        counts = np.diff(self.seen_indptr)[rows]
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        # Gather each chosen row's CSR segment: start offset of its row + position inside it.
+        within = np.arange(indptr[-1], dtype=np.int64) - np.repeat(indptr[:-1], counts)
+        seen = self.seen_items[np.repeat(self.seen_indptr[rows], counts) + within]
+        return EvalExamples(
+            self.user_ids[rows], self.histories[rows], self.targets[rows], indptr, seen
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Splits:
+    """Leave-one-out splits of one dataset."""
+
+    train: TrainExamples
+    val: EvalExamples
+    test: EvalExamples
+
+
+def _flat_sequences(
+    interactions: pa.Table, min_length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(user_ids [U], indptr [U + 1], items [sum n])`` of the users with >= ``min_length`` items."""
+    if min_length < 3:
+        raise ValueError(f"min_length must be >= 3 for leave-one-out, got {min_length}")
+    for name in ("user_id", "item_id", "timestamp"):
+        if name not in interactions.column_names:
+            raise ValueError(f"interactions table: missing column {name!r}")
+    users = interactions.column("user_id").to_numpy().astype(np.int64, copy=False)
+    items = interactions.column("item_id").to_numpy().astype(np.int64, copy=False)
+    times = interactions.column("timestamp").to_numpy().astype(np.int64, copy=False)
+    # lexsort is stable, so equal timestamps keep the file's order (the order they were written).
+    order = np.lexsort((times, users))
+    users, items = users[order], items[order]
+    uniq, counts = np.unique(users, return_counts=True)
+    keep = counts >= min_length
+    kept_rows = np.repeat(keep, counts)
+    indptr = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
+    return uniq[keep], indptr, items[kept_rows]
+
+
+def user_sequences(interactions: pa.Table, min_length: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(user ids, each user's item ids in time order); users shorter than ``min_length`` dropped."""
+    user_ids, indptr, items = _flat_sequences(interactions, min_length)
+    return user_ids, np.split(items, indptr[1:-1])
+
+
+def _histories(
+    items: np.ndarray, positions: np.ndarray, starts: np.ndarray, length: int
+) -> np.ndarray:
+    """``[len(positions), L]`` histories: the ``L`` items before each flat position, within its user."""
+    offsets = np.arange(-length, 0, dtype=np.int64)
+    idx = positions[:, None] + offsets[None, :]  # [n, L], newest last
+    valid = idx >= starts[:, None]  # items before the user's first one are padding
+    return np.where(valid, items[np.maximum(idx, 0)], 0).astype(np.int64)
+
+
+def _seen_csr(
+    items: np.ndarray, starts: np.ndarray, targets_pos: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of the distinct items in ``items[starts[u]:targets_pos[u]]`` minus ``items[targets_pos[u]]``."""
+    counts = targets_pos - starts
+    rows = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
+    pos = np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    seen = items[np.repeat(starts, counts) + pos]
+    keep = seen != items[targets_pos][rows]
+    # One sort over (row, item) keys both groups by user and de-duplicates within a user.
+    key = np.unique(rows[keep] * (int(items.max()) + 1) + seen[keep])
+    key_rows, key_items = np.divmod(key, int(items.max()) + 1)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(key_rows, minlength=len(starts)))])
+    return indptr.astype(np.int64), key_items.astype(np.int64)
+
+
+def _eval_examples(
+    user_ids: np.ndarray,
+    items: np.ndarray,
+    starts: np.ndarray,
+    targets_pos: np.ndarray,
+    length: int,
+) -> EvalExamples:
+    indptr, seen = _seen_csr(items, starts, targets_pos)
+    hist = _histories(items, targets_pos, starts, length)
+    return EvalExamples(user_ids.copy(), hist, items[targets_pos].copy(), indptr, seen)
+
+
+def make_splits(interactions: pa.Table, history_length: int, min_length: int) -> Splits:
+    """Leave-one-out split of an interactions table (see the module docstring)."""
+    if history_length < 1:
+        raise ValueError(f"history_length must be >= 1, got {history_length}")
+    user_ids, indptr, items = _flat_sequences(interactions, min_length)
+    if not len(user_ids):
+        raise ValueError(f"interactions table: no user has >= {min_length} interactions")
+    starts, ends = indptr[:-1], indptr[1:]
+    counts = ends - starts
+    # Training targets are 0-based positions 1 .. n-3 of each user (t = 2 .. n-2, 1-based).
+    n_train = counts - 3
+    train_user = np.repeat(np.arange(len(starts), dtype=np.int64), n_train)
+    local = np.arange(n_train.sum(), dtype=np.int64) - np.repeat(
+        np.cumsum(n_train) - n_train, n_train
+    )
+    train_pos = starts[train_user] + 1 + local
+    train = TrainExamples(
+        user_ids=user_ids[train_user],
+        histories=_histories(items, train_pos, starts[train_user], history_length),
+        targets=items[train_pos].copy(),
+    )
+    val = _eval_examples(user_ids, items, starts, ends - 2, history_length)
+    test = _eval_examples(user_ids, items, starts, ends - 1, history_length)
+    return Splits(train=train, val=val, test=test)
