@@ -366,7 +366,20 @@ def _seed_param(
     return [CategoricalParam("seed", study.seeds)]
 
 
+def _check_paths(source: Path, spec: SearchSpec) -> None:
+    """Every key must be a leaf config field (a table such as ``loss`` is not a value)."""
+    leaves = list(_flat_config(RunConfig()))
+    keys = [(f'params."{p.path}"', p.path) for p in spec.params]
+    keys += [(f'[fixed] "{k}"', k) for k in spec.fixed]
+    for where, path in keys:
+        if path not in leaves:
+            close = difflib.get_close_matches(path, leaves, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise SearchSpaceError(f"{source}: {where}: not a config path{hint}")
+
+
 def _check_spec(source: Path, spec: SearchSpec) -> None:
+    _check_paths(source, spec)
     for p in spec.params:
         if p.path in spec.fixed:
             raise SearchSpaceError(f'{source}: params."{p.path}": also set in [fixed]')
@@ -398,14 +411,18 @@ def _check_spec(source: Path, spec: SearchSpec) -> None:
                 f"{source}: study.num_samples = {spec.study.num_samples} but the grid has "
                 f"{spec.grid_size()} points"
             )
-    points = list(corner_points(spec))
-    if spec.study.reference:
-        points.append(spec.reference_params())
-    for point in points:
-        try:
-            apply_overrides(spec.base_config(), point)
-        except ConfigError as exc:
-            raise SearchSpaceError(f"{source}: params at {point}: {exc}") from None
+    base = spec.base_config()
+    for point in corner_points(spec):
+        _check_point(source, base, point)
+    if spec.study.reference:  # after the corners: reference_params needs valid paths
+        _check_point(source, base, spec.reference_params())
+
+
+def _check_point(source: Path, base: RunConfig, point: Mapping[str, Any]) -> None:
+    try:
+        apply_overrides(base, point)
+    except ConfigError as exc:
+        raise SearchSpaceError(f"{source}: params at {dict(point)}: {exc}") from None
 
 
 def _corners(p: Param) -> tuple[Any, ...]:
