@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -241,3 +244,51 @@ def test_parse_item_image_choice() -> None:
     assert parse_item_2018({"asin": "X", "title": "t", "imageURL": ["", "u2"]})[1].image == "u2"  # type: ignore[union-attr]
     assert parse_item_2018({"asin": "X"}) == ("X", None)
     assert parse_item_2018({"title": "t"}) == (None, None)
+
+
+def test_images_downloaded_once_into_out_cache(
+    files_2018: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "A1.jpg").write_bytes(_jpeg((0, 250, 0)))  # A5.jpg is absent: the server says 404
+    handler = functools.partial(_QuietHandler, directory=str(served))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        meta = [line.replace(URL, base) for line in META_2018]
+        files = {"meta": _write(tmp_path / "meta_K.json", meta), "reviews": files_2018["reviews"]}
+        args = ["prepare", "amazon2018", "--meta", str(files["meta"]), "--reviews"]
+        args += [str(files["reviews"]), "--out", str(tmp_path / "out"), "--k-core", "0"]
+        assert main([*args, "--image-retries", "0", "--image-timeout", "2"]) == 0
+        images = read_dataset(tmp_path / "out").items.column("image").to_pylist()
+        (served / "A1.jpg").unlink()  # a second run must not need the server for A1
+        assert (
+            main(
+                [
+                    *args,
+                    "--out",
+                    str(tmp_path / "again"),
+                    "--cache",
+                    str(tmp_path / "out" / ".image_cache"),
+                ]
+            )
+            == 0
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    with Image.open(io.BytesIO(images[0])) as img:
+        assert img.convert("RGB").getpixel((5, 5))[1] > 200  # type: ignore[index]
+    assert [img is None for img in images] == [False, True, True, True]  # A2 /A2 and A5 are 404s
+    again = read_dataset(tmp_path / "again")
+    assert again.items.column("image").to_pylist() == images
+    assert again.meta["image_failures"] == {"no_reference": 1, "not_found": 2}
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
