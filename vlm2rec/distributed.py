@@ -48,6 +48,7 @@ __all__ = [
     "all_reduce_mean",
     "barrier",
     "broadcast_object",
+    "init_from_env",
 ]
 
 T = TypeVar("T")
@@ -97,6 +98,21 @@ class DistInfo:
             rank, world, local_rank = 0, 1, 0
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         return cls(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def init_from_env(backend: str | None = None) -> DistInfo:
+    """For launchers (the CLI under torchrun): join the process group the env describes.
+
+    When ``WORLD_SIZE`` > 1 and no process group exists yet, create it from the torchrun variables
+    (``backend`` default: nccl with CUDA, else gloo) and pin ``cuda:<LOCAL_RANK>``; then return
+    :meth:`DistInfo.from_env`. Library code (``fit``) never calls this: the launcher owns the group.
+    """
+    if _env_int("WORLD_SIZE", 1) > 1 and not _group_ready():
+        cuda = torch.cuda.is_available()
+        tdist.init_process_group(backend or ("nccl" if cuda else "gloo"))
+        if cuda:
+            torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+    return DistInfo.from_env()
 
 
 def _env_int(key: str, default: int) -> int:
