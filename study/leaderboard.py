@@ -1,0 +1,447 @@
+"""The study leaderboard: one Parquet row per trial with an explicit schema, written atomically.
+
+Pure core: :class:`TrialRecord` (what one trial did) -> :func:`build_rows` -> ``pa.Table`` ->
+:func:`write_leaderboard` (temp file in the same folder + ``os.replace``, so readers only ever see
+the old or the new file). :func:`merge` joins tables of several studies or rebuilds.
+
+Offline CLI (no running cluster)::
+
+    python study/leaderboard.py STUDY_DIR... [--top K] [--metric M] [--mode max|min]
+                                [--rebuild] [--out merged.parquet]
+
+Each ``STUDY_DIR`` gives its ``leaderboard.parquet`` (or, with ``--rebuild`` or when there is none,
+the Tune experiment state via ``ray.tune.ExperimentAnalysis``); a ``.parquet`` path is read as is.
+
+Reading a Tune experiment assumes each trial reported, per epoch, its metrics (``val/*``,
+``train/*``; ``test/*`` in the final report), a 1-based ``epoch`` and optionally ``kind``
+(reference|search), ``trial_status`` (completed|stopped_early) and the trial facts named in
+:data:`FACT_KEYS`. Tune's ``time_total_s`` gives ``wall_s``; the trial config gives the params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "FACT_KEYS",
+    "LeaderboardError",
+    "TrialRecord",
+    "best_epoch_index",
+    "build_rows",
+    "load_study_dir",
+    "merge",
+    "read_leaderboard",
+    "records_from_experiment",
+    "write_leaderboard",
+]
+
+Kind = Literal["reference", "search"]
+Status = Literal["completed", "stopped_early", "error"]
+VERSION_PACKAGES = ("torch", "transformers", "ray", "optuna")
+#: Reported (non-metric) keys copied into the row when rebuilding from a Tune experiment.
+FACT_KEYS = ("checkpoint_path", "command", "config", "config_hash", "data_fingerprint", "git_sha")
+_META_METRIC, _META_MODE = b"vlm2rec.metric", b"vlm2rec.mode"
+_ARROW = {"float": pa.float64(), "int": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
+_HEAD = [
+    ("rank", pa.int64()),
+    ("study", pa.string()),
+    ("trial_id", pa.string()),
+    ("kind", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+]
+_TAIL = [
+    ("epochs", pa.int64()),
+    ("wall_s", pa.float64()),
+    ("gpu_s", pa.float64()),
+    ("checkpoint_path", pa.string()),
+    ("config", pa.string()),
+    ("command", pa.string()),
+    ("seed", pa.int64()),
+    ("config_hash", pa.string()),
+    ("data_fingerprint", pa.string()),
+    ("git_sha", pa.string()),
+    *((f"{p}_version", pa.string()) for p in VERSION_PACKAGES),
+]
+
+
+class LeaderboardError(RuntimeError):
+    """A leaderboard could not be built, read or written; the message names the path or trial."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+    """Everything the leaderboard needs about one trial."""
+
+    trial_id: str  #: Tune trial id
+    kind: Kind = "search"  #: the alpha = beta = 0 reference or a searched trial
+    status: Status = "completed"  #: finished, stopped by the scheduler, or failed
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)  #: {dotted path: value}
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)  #: per-epoch reports
+    test_metrics: Mapping[str, float] | None = None  #: test/* of the best checkpoint
+    error: str | None = None  #: the failure message (status error)
+    wall_s: float | None = None  #: wall-clock seconds of the trial
+    gpus: float = 0.0  #: GPUs the trial held (workers x GPUs per worker)
+    checkpoint_path: str | None = None  #: best (or latest) persisted Train checkpoint
+    config: Mapping[str, Any] | str | None = None  #: resolved run config (dict or JSON text)
+    command: str | None = None  #: single-run command reproducing the trial
+    seed: int | None = None  #: the run's seed
+    config_hash: str | None = None  #: vlm2rec.config.config_hash of the resolved config
+    data_fingerprint: str | None = None  #: meta.json fingerprint of the dataset
+    git_sha: str | None = None  #: code version
+    versions: Mapping[str, str] = dataclasses.field(default_factory=dict)  #: {package: version}
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("reference", "search"):
+            raise LeaderboardError(
+                f"trial {self.trial_id}: kind {self.kind!r} not reference|search"
+            )
+        if self.status not in ("completed", "stopped_early", "error"):
+            raise LeaderboardError(
+                f"trial {self.trial_id}: status {self.status!r} not completed|stopped_early|error"
+            )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def best_epoch_index(history: Sequence[Mapping[str, Any]], metric: str, mode: str) -> int | None:
+    """Index of the best report by ``metric`` (earliest on ties); None if it was never reported."""
+    best: int | None = None
+    for i, row in enumerate(history):
+        value = row.get(metric)
+        if not _finite(value):
+            continue
+        if best is None or (
+            value > history[best][metric] if mode == "max" else value < history[best][metric]
+        ):
+            best = i
+    return best
+
+
+def _metric_names(records: Sequence[TrialRecord]) -> tuple[list[str], list[str]]:
+    """(history metric columns, test metric columns): numeric keys, val/ first, then the rest."""
+    hist = {k for r in records for row in r.history for k, v in row.items() if _finite(v)}
+    hist.discard("epoch")
+    test = {k for r in records for k in (r.test_metrics or {})}
+    return sorted(hist, key=lambda k: (not k.startswith("val/"), k)), sorted(test - hist)
+
+
+def _schema(param_kinds: Mapping[str, str], hist: list[str], test: list[str]) -> pa.Schema:
+    bad = {p: k for p, k in param_kinds.items() if k not in _ARROW}
+    if bad:
+        raise LeaderboardError(f"param kinds {bad}: expected one of {sorted(_ARROW)}")
+    fields = [pa.field(n, t) for n, t in _HEAD]
+    fields += [pa.field(f"param.{p}", _ARROW[k]) for p, k in sorted(param_kinds.items())]
+    fields.append(pa.field("best_epoch", pa.int64()))
+    fields += [pa.field(n, pa.float64()) for n in [*hist, *test]]
+    fields += [pa.field(n, t) for n, t in _TAIL]
+    return pa.schema(fields)
+
+
+def _param_value(value: Any, kind: str) -> Any:
+    if value is None:
+        return None
+    item = getattr(value, "item", None)  # numpy scalars from Tune
+    value = item() if callable(item) else value
+    return {"float": float, "int": int, "string": str, "bool": bool}[kind](value)
+
+
+def _row(rec: TrialRecord, study: str, metric: str, mode: str, kinds: Mapping[str, str]) -> dict:
+    best = best_epoch_index(rec.history, metric, mode)
+    chosen = rec.history[best] if best is not None else {}
+    config = (
+        rec.config
+        if rec.config is None or isinstance(rec.config, str)
+        else json.dumps(rec.config, sort_keys=True)
+    )
+    row: dict[str, Any] = {
+        "study": study,
+        "trial_id": rec.trial_id,
+        "kind": rec.kind,
+        "status": rec.status,
+        "error": rec.error,
+        "best_epoch": None if best is None else int(chosen.get("epoch", best + 1)),
+        "epochs": max((int(h.get("epoch", i + 1)) for i, h in enumerate(rec.history)), default=0),
+        "wall_s": rec.wall_s,
+        "gpu_s": None if rec.wall_s is None else rec.gpus * rec.wall_s,
+        "checkpoint_path": rec.checkpoint_path,
+        "config": config,
+        "command": rec.command,
+        "seed": rec.seed,
+        "config_hash": rec.config_hash,
+        "data_fingerprint": rec.data_fingerprint,
+        "git_sha": rec.git_sha,
+        **{f"{p}_version": rec.versions.get(p) for p in VERSION_PACKAGES},
+    }
+    row.update({f"param.{p}": _param_value(rec.params.get(p), k) for p, k in kinds.items()})
+    row.update({k: float(v) for k, v in chosen.items() if k != "epoch" and _finite(v)})
+    # Test scores exist only for trials that ran to the end: a stopped trial has no test pass.
+    if rec.status == "completed":
+        row.update({k: float(v) for k, v in (rec.test_metrics or {}).items() if _finite(v)})
+    return row
+
+
+def _ranked(table: pa.Table, metric: str, mode: str) -> pa.Table:
+    """Fill ``rank`` (1 = best by metric; errors and missing metric get null) and sort by it."""
+    n = table.num_rows
+    values: list[Any] = (
+        table.column(metric).to_pylist() if metric in table.column_names else [None] * n
+    )
+    status, ids = table.column("status").to_pylist(), table.column("trial_id").to_pylist()
+    ok = [i for i in range(n) if status[i] != "error" and _finite(values[i])]
+    sign = -1.0 if mode == "max" else 1.0
+    ok.sort(key=lambda i: (sign * float(values[i]), ids[i]))  # ties: by trial id, deterministic
+    rank: list[int | None] = [None] * n
+    for r, i in enumerate(ok, start=1):
+        rank[i] = r
+    order = ok + [i for i in range(n) if rank[i] is None]
+    idx = table.schema.get_field_index("rank")
+    table = table.set_column(idx, pa.field("rank", pa.int64()), pa.array(rank, pa.int64()))
+    meta = {
+        **(table.schema.metadata or {}),
+        _META_METRIC: metric.encode(),
+        _META_MODE: mode.encode(),
+    }
+    return table.take(pa.array(order, pa.int64())).replace_schema_metadata(meta)
+
+
+def build_rows(
+    records: Iterable[TrialRecord],
+    *,
+    study: str,
+    metric: str,
+    mode: Literal["max", "min"],
+    param_kinds: Mapping[str, str],
+) -> pa.Table:
+    """Leaderboard table: each trial at its BEST epoch by ``metric``/``mode``, ranked.
+
+    ``param_kinds`` maps each searched path to ``float|int|string|bool``
+    (``SearchSpec.param_kinds()``); the study metric and mode are kept in the schema metadata so
+    :func:`merge` can re-rank.
+    """
+    if mode not in ("max", "min"):
+        raise LeaderboardError(f"mode {mode!r}: expected max or min")
+    records = list(records)
+    schema = _schema(param_kinds, *_metric_names(records))
+    rows = [_row(r, study, metric, mode, param_kinds) for r in records]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    return _ranked(table, metric, mode)
+
+
+def _column_order(schema: pa.Schema) -> list[str]:
+    names = schema.names
+    head, tail = [n for n, _ in _HEAD], [n for n, _ in _TAIL]
+    params = sorted(n for n in names if n.startswith("param."))
+    fixed = {*head, *tail, *params, "best_epoch"}
+    metrics = sorted(
+        (n for n in names if n not in fixed), key=lambda k: (not k.startswith("val/"), k)
+    )
+    tests = [n for n in metrics if n.startswith("test/")]
+    metrics = [n for n in metrics if not n.startswith("test/")]
+    order = [*head, *params, "best_epoch", *metrics, *tests, *tail]
+    return [n for n in order if n in names]
+
+
+def merge(
+    tables: Sequence[pa.Table], *, metric: str | None = None, mode: str | None = None
+) -> pa.Table:
+    """One table from several (missing columns become null), later duplicates of a
+    ``(study, trial_id)`` replacing earlier ones, re-ranked by ``metric``/``mode`` (default: the
+    one the tables were built with; an error if they disagree)."""
+    if not tables:
+        raise LeaderboardError("merge: no tables given")
+    metas = {
+        ((t.schema.metadata or {}).get(_META_METRIC), (t.schema.metadata or {}).get(_META_MODE))
+        for t in tables
+    }
+    if metric is None or mode is None:
+        if len(metas) != 1 or None in next(iter(metas)):
+            raise LeaderboardError(
+                f"merge: tables rank by different metrics {metas}: pass metric and mode"
+            )
+        stored_metric, stored_mode = next(iter(metas))
+        metric = metric or stored_metric.decode()  # type: ignore[union-attr]
+        mode = mode or stored_mode.decode()  # type: ignore[union-attr]
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise LeaderboardError(f"merge: column types disagree: {exc}") from None
+    keys = list(
+        zip(table.column("study").to_pylist(), table.column("trial_id").to_pylist(), strict=True)
+    )
+    last = {k: i for i, k in enumerate(keys)}
+    table = table.take(pa.array(sorted(last.values()), pa.int64()))
+    return _ranked(table.select(_column_order(table.schema)), metric, mode)
+
+
+def write_leaderboard(table: pa.Table, path: str | Path) -> Path:
+    """Write ``table`` to ``path`` atomically: on any failure the previous file stays intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # the rename must never expose a file whose bytes are not on disk
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception):
+            raise LeaderboardError(f"{path}: could not write leaderboard: {exc}") from exc
+        raise
+    return path
+
+
+def read_leaderboard(path: str | Path) -> pa.Table:
+    """Read a leaderboard written by :func:`write_leaderboard`."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise LeaderboardError(f"{path}: not a readable leaderboard: {exc}") from None
+    missing = [n for n, _ in _HEAD if n not in table.column_names]
+    if missing:
+        raise LeaderboardError(f"{path}: missing leaderboard columns {missing}")
+    return table
+
+
+# ----------------------------------------------------------------------------- offline rebuild
+
+
+def _scalar_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return "string" if isinstance(value, str) else None
+
+
+def _clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep what a trial reported itself; drop NaN holes of rows that lacked a key."""
+    return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _record_from_trial(trial: Any, rows: list[dict[str, Any]]) -> TrialRecord:
+    last = rows[-1] if rows else dict(trial.last_result or {})
+    history = [
+        {k: v for k, v in r.items() if (k == "epoch" or k.startswith(("val/", "train/")))}
+        for r in rows
+    ]
+    test = {k: v for k, v in last.items() if k.startswith("test/") and _finite(v)} or None
+    error = None
+    if trial.status == "ERROR":
+        status: str = "error"
+        text = trial.get_error() or "trial failed (no error file)"
+        error = [line for line in str(text).splitlines() if line.strip()][-1]
+    elif last.get("trial_status") in ("completed", "stopped_early"):
+        status = str(last["trial_status"])
+    else:
+        status = "completed" if test else "stopped_early"
+    params = {k: v for k, v in trial.config.items() if k != "kind" and _scalar_kind(v)}
+    facts = {k: last[k] for k in FACT_KEYS if isinstance(last.get(k), str)}
+    return TrialRecord(
+        trial_id=str(trial.trial_id),
+        kind="reference"
+        if (last.get("kind") or trial.config.get("kind")) == "reference"
+        else "search",
+        status=status,  # type: ignore[arg-type]
+        params=params,
+        history=history,
+        test_metrics=test,
+        error=error,
+        wall_s=float(last["time_total_s"]) if _finite(last.get("time_total_s")) else None,
+        gpus=float(last["gpus"]) if _finite(last.get("gpus")) else 0.0,
+        seed=int(params["seed"]) if isinstance(params.get("seed"), int) else None,
+        versions={p: str(last[f"{p}_version"]) for p in VERSION_PACKAGES if f"{p}_version" in last},
+        **facts,
+    )
+
+
+def records_from_experiment(path: str | Path) -> tuple[list[TrialRecord], dict[str, str]]:
+    """Trial records and ``{param path: kind}`` from a Tune experiment folder, offline."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(str(path))
+    except (ValueError, OSError) as exc:
+        raise LeaderboardError(f"{path}: not a Tune experiment folder: {exc}") from None
+    records: list[TrialRecord] = []
+    kinds: dict[str, str] = {}
+    for trial in analysis.trials:
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        rows = [] if frame is None else [_clean_row(r) for r in frame.to_dict("records")]
+        rec = _record_from_trial(trial, rows)
+        records.append(rec)
+        for k, v in rec.params.items():
+            kind = _scalar_kind(v)
+            # A float and an int choice of the same param share a float column.
+            kinds[k] = "float" if {kinds.get(k), kind} == {"float", "int"} else kind or "string"
+    return records, kinds
+
+
+def load_study_dir(path: str | Path, *, metric: str, mode: str, rebuild: bool = False) -> pa.Table:
+    """A study folder's leaderboard: its ``leaderboard.parquet``, or rebuilt from Tune state."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return read_leaderboard(path)
+    if not path.is_dir():
+        raise LeaderboardError(f"{path}: no such study folder")
+    stored = path / "leaderboard.parquet"
+    if stored.exists() and not rebuild:
+        return read_leaderboard(stored)
+    records, kinds = records_from_experiment(path)
+    return build_rows(records, study=path.name, metric=metric, mode=mode, param_kinds=kinds)  # type: ignore[arg-type]
+
+
+def _format(table: pa.Table, metric: str, top: int) -> str:
+    cols = ["rank", "study", "trial_id", "kind", "status", metric, "best_epoch", "epochs"]
+    cols += [n for n in table.column_names if n.startswith("param.")]
+    cols = [c for c in cols if c in table.column_names]
+    frame = table.slice(0, top).select(cols).to_pandas()
+    frame.columns = [c.removeprefix("param.") for c in cols]
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Rebuild and merge study leaderboards offline.")
+    parser.add_argument("paths", nargs="+", help="study folders or leaderboard .parquet files")
+    parser.add_argument("--top", type=int, default=20, help="rows to print")
+    parser.add_argument("--metric", default="val/ndcg@10", help="ranking metric")
+    parser.add_argument("--mode", choices=["max", "min"], default="max")
+    parser.add_argument("--rebuild", action="store_true", help="ignore leaderboard.parquet files")
+    parser.add_argument("--out", type=Path, help="write the merged leaderboard here")
+    args = parser.parse_args(argv)
+    try:
+        tables = [
+            load_study_dir(p, metric=args.metric, mode=args.mode, rebuild=args.rebuild)
+            for p in args.paths
+        ]
+        table = merge(tables, metric=args.metric, mode=args.mode)
+        if args.out:
+            write_leaderboard(table, args.out)
+    except LeaderboardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(_format(table, args.metric, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
