@@ -77,6 +77,9 @@ def test_bad_arguments_are_named() -> None:
         make_splits(_table({1: [1, 2, 3]}), 2, 2)
     with pytest.raises(ValueError, match="no user has >= 5"):
         make_splits(_table({1: [1, 2, 3]}), 2, 5)
+    empty = pa.table({n: pa.array([], pa.int64()) for n in ("user_id", "item_id", "timestamp")})
+    with pytest.raises(ValueError, match="no user has >= 3"):
+        make_splits(empty, 2, 3)
     with pytest.raises(ValueError, match="missing column 'timestamp'"):
         make_splits(pa.table({"user_id": [1], "item_id": [1]}), 2, 3)
 

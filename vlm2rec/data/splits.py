@@ -117,10 +117,18 @@ def _flat_sequences(
     users = interactions.column("user_id").to_numpy().astype(np.int64, copy=False)
     items = interactions.column("item_id").to_numpy().astype(np.int64, copy=False)
     times = interactions.column("timestamp").to_numpy().astype(np.int64, copy=False)
-    # lexsort is stable, so equal timestamps keep the file's order (the order they were written).
-    order = np.lexsort((times, users))
-    users, items = users[order], items[order]
-    uniq, counts = np.unique(users, return_counts=True)
+    du = np.diff(users)
+    if not (
+        (du > 0) | ((du == 0) & (np.diff(times) >= 0))
+    ).all():  # prepared data is sorted already
+        # lexsort is stable, so equal timestamps keep the file's order (the order they were written).
+        order = np.lexsort((times, users))
+        users, items = users[order], items[order]
+        du = np.diff(users)
+    if not len(users):
+        return users, np.zeros(1, dtype=np.int64), items
+    bounds = np.concatenate([[0], np.flatnonzero(du) + 1, [len(users)]])
+    uniq, counts = users[bounds[:-1]], np.diff(bounds)
     keep = counts >= min_length
     kept_rows = np.repeat(keep, counts)
     indptr = np.concatenate([[0], np.cumsum(counts[keep])]).astype(np.int64)
@@ -137,10 +145,12 @@ def _histories(
     items: np.ndarray, positions: np.ndarray, starts: np.ndarray, length: int
 ) -> np.ndarray:
     """``[len(positions), L]`` histories: the ``L`` items before each flat position, within its user."""
-    offsets = np.arange(-length, 0, dtype=np.int64)
-    idx = positions[:, None] + offsets[None, :]  # [n, L], newest last
-    valid = idx >= starts[:, None]  # items before the user's first one are padding
-    return np.where(valid, items[np.maximum(idx, 0)], 0).astype(np.int64)
+    out = np.zeros((len(positions), length), dtype=np.int64)
+    for j in range(length):  # column by column: no [n, L] index temporaries on Amazon-sized data
+        src = positions - (length - j)  # column L-1 holds the newest item, position - 1
+        valid = src >= starts  # items before the user's first one stay padding
+        out[valid, j] = items[src[valid]]
+    return out
 
 
 def _seen_csr(
@@ -152,8 +162,10 @@ def _seen_csr(
     pos = np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     seen = items[np.repeat(starts, counts) + pos]
     keep = seen != items[targets_pos][rows]
-    # One sort over (row, item) keys both groups by user and de-duplicates within a user.
-    key = np.unique(rows[keep] * (int(items.max()) + 1) + seen[keep])
+    # One sort over (row, item) keys both groups by user and de-duplicates within a user
+    # (sort + neighbour compare: numpy 2's hash-based np.unique is several times slower here).
+    key = np.sort(rows[keep] * (int(items.max()) + 1) + seen[keep])
+    key = key[np.concatenate([[True], key[1:] != key[:-1]])] if len(key) else key
     key_rows, key_items = np.divmod(key, int(items.max()) + 1)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(key_rows, minlength=len(starts)))])
     return indptr.astype(np.int64), key_items.astype(np.int64)

@@ -172,10 +172,8 @@ def _star(n_points: int, inner: float, phase: float = 0.0) -> list[tuple[float, 
 
 
 def _regular(n: int, phase: float = 0.0) -> list[tuple[float, float]]:
-    return [
-        (math.sin(2 * math.pi * i / n + phase), -math.cos(2 * math.pi * i / n + phase))
-        for i in range(n)
-    ]
+    # A star whose inner vertices sit on the edge midpoints (radius cos(pi/n)) is the regular n-gon.
+    return _star(n, math.cos(math.pi / n), phase)
 
 
 _POLYGONS: dict[str, list[tuple[float, float]]] = {
@@ -302,10 +300,8 @@ def _interactions_table(
     for t in range(steps):
         if t > 0:
             cur = attrs[seq[:, t - 1]]
-            keep_s, keep_b = (
-                rng.random(n_users) < cfg.image_signal,
-                rng.random(n_users) < cfg.text_signal,
-            )
+            keep_s = rng.random(n_users) < cfg.image_signal
+            keep_b = rng.random(n_users) < cfg.text_signal
             shape = np.where(keep_s, cur[:, 0], _choose(present[0], n_users, rng))
             brand = np.where(keep_b, cur[:, 1], _choose(present[1], n_users, rng))
         fav = rng.random(n_users) < cfg.colour_signal
@@ -316,9 +312,8 @@ def _interactions_table(
     lengths = rng.integers(cfg.min_length, cfg.max_length + 1, n_users)
     start = _BASE_EPOCH + rng.integers(0, 365 * 86400, n_users)
     times = start[:, None] + np.cumsum(rng.integers(60, 7 * 86400, (n_users, steps)), axis=1)
-    real = (
-        np.arange(steps)[None, :] < lengths[:, None]
-    )  # [U, max_length]: row-major keeps user order
+    # [U, max_length] mask of real steps; boolean indexing is row-major, so users stay in order.
+    real = np.arange(steps)[None, :] < lengths[:, None]
     users = np.broadcast_to(np.arange(1, n_users + 1)[:, None], seq.shape)
     columns = {"user_id": users[real], "item_id": seq[real], "timestamp": times[real]}
     return pa.table(columns, schema=INTERACTIONS_SCHEMA)
