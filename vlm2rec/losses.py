@@ -41,9 +41,6 @@ Granularity = Literal["batch", "sample"]
 TopologyVariant = Literal["strong_to_weak", "symmetric", "fused_anchor"]
 
 
-# --------------------------------------------------------------------------- helpers
-
-
 def _full(x: Tensor) -> Tensor:
     """Promote half precision to float32 and keep float32/float64 as they are."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
@@ -96,13 +93,12 @@ def _nce_terms(
     _expect_positive("temperature", temperature)
     if positives is None:
         if n_keys < batch:
-            raise ValueError(
-                f"keys: need K >= B = {batch} rows when positives is None, got {n_keys}"
-            )
+            raise ValueError(f"keys: need K >= B = {batch} rows without positives, got {n_keys}")
         positives = torch.arange(batch, device=keys.device)
-    _expect_1d("positives", positives, batch)
-    if bool(((positives < 0) | (positives >= n_keys)).any()):
-        raise ValueError(f"positives: expected indices in [0, {n_keys}), got {positives.tolist()}")
+    else:  # only given indices are checked: the check costs a device sync
+        _expect_1d("positives", positives, batch)
+        if bool(((positives < 0) | (positives >= n_keys)).any()):
+            raise ValueError(f"positives: expected indices in [0, {n_keys}), got {positives}")
     logits = _cosine(queries, keys) / temperature  # [B, K]
     pos_logit = logits.gather(1, positives[:, None]).squeeze(1)  # [B]
     if key_ids is not None:
@@ -112,9 +108,6 @@ def _nce_terms(
         other_key = torch.arange(n_keys, device=keys.device)[None, :] != positives[:, None]
         logits = logits.masked_fill(same_item & other_key, float("-inf"))
     return pos_logit, torch.logsumexp(logits, dim=1)
-
-
-# --------------------------------------------------------------------------- InfoNCE (§3)
 
 
 def info_nce(
@@ -160,9 +153,6 @@ def info_nce(
     if reduction != "mean":
         raise ValueError(f"reduction: expected 'mean' or 'none', got {reduction!r}")
     return per_sample.mean()
-
-
-# --------------------------------------------------------------------------- WPCL (§4)
 
 
 def _check_views(u: Tensor, v_both: Tensor, v_text: Tensor, v_image: Tensor) -> None:
@@ -273,9 +263,6 @@ def weak_modality_penalized(
     return parts
 
 
-# --------------------------------------------------------------------------- CRTR (§5)
-
-
 def _relational_log_probs(v: Tensor, tau_t: float) -> Tensor:
     r"""``log P_i(j)`` for ``j != i``: ``[B, D] -> [B, B-1]`` (columns: j ascending, i skipped)."""
     n = v.shape[0]
@@ -360,9 +347,6 @@ def relational_topology(
     strong_rel = torch.where(weak, log_t, log_i).detach()
     weak_rel = torch.where(weak, log_i, log_t)
     return _kl_rows(strong_rel, weak_rel).mean()
-
-
-# --------------------------------------------------------------------------- total (§6)
 
 
 def combine(parts: dict[str, Tensor], beta: float) -> Tensor:
