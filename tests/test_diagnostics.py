@@ -88,6 +88,13 @@ def test_effective_rank_identity_and_rank_one() -> None:
     assert effective_rank(u @ v) == pytest.approx(1.0, abs=1e-9)
 
 
+def test_effective_rank_rank_one_with_many_rows_is_one() -> None:
+    # Gram rounding noise alone reads ~1.00002 here; the numerical-rank cut must remove it
+    u = torch.randn(20000, 1, generator=torch.Generator().manual_seed(5))
+    v = torch.randn(1, 64, generator=torch.Generator().manual_seed(6))
+    assert effective_rank(u @ v) == pytest.approx(1.0, abs=1e-9)
+
+
 def test_effective_rank_matches_svd_and_zero_cases() -> None:
     x = torch.randn(50, 10, generator=torch.Generator().manual_seed(4)) * torch.linspace(0.1, 3, 10)
     s = torch.linalg.svdvals(x.double())
