@@ -99,12 +99,16 @@ def build_dataset(
     meta: dict[str, Any],
 ) -> PreparedDataset:
     """Filter, number, fetch images and write; ``meta`` needs ``name`` and ``source``."""
-    item_codes, item_names = pd.factorize(pd.Series(corpus.item_refs, dtype=object), sort=False)
+    item_codes = np.frombuffer(corpus.item_codes, dtype=np.int64)
+    user_codes = np.frombuffer(corpus.user_codes, dtype=np.int64)
+    times = np.frombuffer(corpus.timestamps, dtype=np.int64)
+    item_names = np.array(
+        list(corpus.item_index), dtype=object
+    )  # dicts keep insertion = code order
+    user_names = np.array(list(corpus.user_index), dtype=object)
     known = np.array([name in corpus.items for name in item_names], dtype=bool)
     has_meta = known[item_codes] if len(item_codes) else np.zeros(0, dtype=bool)
     log.drop("unknown_item", int((~has_meta).sum()))
-    user_codes, user_names = pd.factorize(pd.Series(corpus.users, dtype=object), sort=False)
-    times = np.asarray(corpus.timestamps, dtype=np.int64)
     rows = np.flatnonzero(has_meta)
     rows = rows[
         filter_interactions(
@@ -116,8 +120,8 @@ def build_dataset(
             f"{meta['name']}: no interactions left after filtering (dropped: {log.as_dict()}); "
             "lower --k-core / --min-length or check the input files"
         )
-    item_ids, item_sources = _dense(item_codes[rows], np.asarray(item_names, dtype=object))
-    user_ids, _ = _dense(user_codes[rows], np.asarray(user_names, dtype=object))
+    item_ids, item_sources = _dense(item_codes[rows], item_names)
+    user_ids, _ = _dense(user_codes[rows], user_names)
     order = np.lexsort((rows, times[rows], user_ids))  # by user, then time, then source order
     log.drop("items_unused", len(corpus.items) - len(item_sources))
     sources = [str(s) for s in item_sources]

@@ -8,6 +8,7 @@ as source ids and timestamps) while a :class:`DropLog` counts every row it could
 from __future__ import annotations
 
 import argparse
+import array
 import collections
 import dataclasses
 import gzip
@@ -82,12 +83,18 @@ class RawItem:
 
 @dataclasses.dataclass
 class RawCorpus:
-    """Items by source id and interactions as parallel lists, in source order."""
+    """Items by source id; interactions as int64 codes into ``user_names`` / ``item_names``.
+
+    Ids are interned as they arrive so that tens of millions of reviews cost 24 bytes each plus one
+    dict entry per distinct user/item, not three Python objects per review.
+    """
 
     items: dict[str, RawItem] = dataclasses.field(default_factory=dict)
-    users: list[str] = dataclasses.field(default_factory=list)
-    item_refs: list[str] = dataclasses.field(default_factory=list)
-    timestamps: list[int] = dataclasses.field(default_factory=list)
+    user_index: dict[str, int] = dataclasses.field(default_factory=dict)  #: name -> code
+    item_index: dict[str, int] = dataclasses.field(default_factory=dict)  #: name -> code
+    user_codes: array.array[int] = dataclasses.field(default_factory=lambda: array.array("q"))
+    item_codes: array.array[int] = dataclasses.field(default_factory=lambda: array.array("q"))
+    timestamps: array.array[int] = dataclasses.field(default_factory=lambda: array.array("q"))
 
     def add_item(self, source_id: str, item: RawItem, log: DropLog) -> None:
         if source_id in self.items:  # keep the first record: later ones are usually re-crawls
@@ -96,8 +103,8 @@ class RawCorpus:
         self.items[source_id] = item
 
     def add_interaction(self, user: str, item: str, timestamp: int) -> None:
-        self.users.append(user)
-        self.item_refs.append(item)
+        self.user_codes.append(self.user_index.setdefault(user, len(self.user_index)))
+        self.item_codes.append(self.item_index.setdefault(item, len(self.item_index)))
         self.timestamps.append(timestamp)
 
 
