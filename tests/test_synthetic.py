@@ -224,3 +224,38 @@ def test_default_build_is_fast() -> None:
     elapsed = time.perf_counter() - start
     assert items.num_rows == 256 and 2000 * 5 <= inter.num_rows <= 2000 * 20
     assert elapsed < 10.0, f"default synthetic build took {elapsed:.1f} s"
+
+
+def test_ensure_dataset_loses_a_race_gracefully(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vlm2rec.data.synthetic as synthetic
+
+    target = tmp_path / "ds"
+    real_prepare = synthetic.prepare_synthetic
+
+    def racing_prepare(cfg: SyntheticConfig, out: str | Path) -> PreparedDataset:
+        real_prepare(cfg, target)  # another worker finishes first, between our check and rename
+        return real_prepare(cfg, out)
+
+    monkeypatch.setattr(synthetic, "prepare_synthetic", racing_prepare)
+    ds = ensure_dataset(DataConfig(path=str(target), synthetic=SMALL))
+    assert ds.path == target and ds.meta["knobs"] == to_dict(SMALL)
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # our temporary copy was discarded
+
+
+def test_cli_prepare_synthetic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vlm2rec.cli as cli
+
+    # Only the synthetic source: the command must not depend on the other converters' modules.
+    monkeypatch.setattr(cli, "PREPARE_SOURCES", {"synthetic": cli.PREPARE_SOURCES["synthetic"]})
+    out = tmp_path / "s"
+    assert (
+        cli.main(["prepare", "synthetic", "--out", str(out), "--users", "30", "--image-size", "8"])
+        == 0
+    )
+    ds = read_dataset(out)
+    assert ds.meta["num_users"] == 30 and ds.meta["knobs"]["users"] == 30
+    assert f"fingerprint {ds.fingerprint[:12]}" in capsys.readouterr().out
