@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import math
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -42,16 +47,175 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _init_distributed() -> Any:
+    """Under ``torchrun`` (WORLD_SIZE > 1) the CLI is the launcher: it owns the process group."""
+    from vlm2rec.distributed import init_from_env
+
+    return init_from_env()
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from vlm2rec.checkpoint import latest_checkpoint, load_checkpoint
+    from vlm2rec.config import config_hash, load_config, parse_override, to_dict
+    from vlm2rec.reporting import ConsoleReporter, JsonlReporter, MultiReporter, TensorBoardReporter
+    from vlm2rec.train import fit
+
+    cfg = load_config(args.config, dict(parse_override(o) for o in args.set))
+    out = Path(args.out)
+    dist = _init_distributed()
+    resume = latest_checkpoint(out / "checkpoints") if args.resume else None
+    if args.resume and resume is None:
+        print(
+            f"--resume: no checkpoint under {out / 'checkpoints'}; starting fresh", file=sys.stderr
+        )
+    reporters: list[Any] = []
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", to_dict(cfg))
+        metrics_path = out / "metrics.jsonl"
+        history = load_checkpoint(resume)[3].history if resume else []
+        # Rewrite the log from the checkpoint so a kill between checkpoint and log loses nothing.
+        metrics_path.write_text(
+            "".join(json.dumps(_json_safe(h), sort_keys=True) + "\n" for h in history)
+        )
+        reporters = [
+            ConsoleReporter(metric=cfg.eval.metric),
+            JsonlReporter(metrics_path),
+            TensorBoardReporter(out / "tensorboard"),
+        ]
+    reporter = MultiReporter(reporters)
+    try:
+        result = fit(cfg, dist, reporter, resume_from=resume, checkpoint_root=out / "checkpoints")
+    finally:
+        reporter.close()
+    if dist.is_main:
+        final = {
+            "best_epoch": result.best_epoch,
+            "best_metric": result.best_metric,
+            "metric": cfg.eval.metric,
+            "val": result.best_val,
+            "test": result.test,
+            "config": to_dict(cfg),
+            "config_hash": config_hash(cfg),
+        }
+        _write_json(out / "final.json", final)
+        print(
+            f"best epoch {result.best_epoch}: {cfg.eval.metric} {result.best_metric:.4f}; "
+            f"test/ndcg@10 {result.test.get('test/ndcg@10', float('nan')):.4f}; wrote {out / 'final.json'}"
+        )
+    return 0
+
+
+def _load_run(run_dir: Path) -> Any:
+    """Rebuild a finished run's model with its best weights (single process)."""
+    from vlm2rec.checkpoint import latest_checkpoint, load_checkpoint
+    from vlm2rec.config import from_dict
+    from vlm2rec.distributed import DistInfo
+    from vlm2rec.train import build_run
+
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise SystemExit(f"{run_dir}: no checkpoint under {run_dir / 'checkpoints'}")
+    cfg = from_dict(json.loads((run_dir / "config.json").read_text()))
+    run = build_run(cfg, DistInfo())
+    run.embedder.load_trainable_state_dict(load_checkpoint(ckpt)[1])
+    return run
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from vlm2rec.distributed import DistInfo
+    from vlm2rec.model_eval import evaluate_model
+
+    run = _load_run(Path(args.run))
+    examples = getattr(run.splits, args.split)
+    metrics = evaluate_model(run.embedder, examples, args.split, run.cfg.eval, DistInfo())
+    _write_json(Path(args.run) / f"eval_{args.split}.json", metrics)
+    print(json.dumps(_json_safe(metrics), indent=2, sort_keys=True))
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vlm2rec.distributed import DistInfo
+    from vlm2rec.model_eval import embed_catalogue
+
+    run = _load_run(Path(args.run))
+    ids = pa.array(range(1, run.catalogue.num_items + 1), pa.int64())
+    columns: dict[str, Any] = {"item_id": ids}
+    for view in ("both", "text", "image"):
+        emb = embed_catalogue(
+            run.embedder, view, run.cfg.eval.item_batch_size, DistInfo(), run.device
+        )
+        flat = pa.array(emb[1:].cpu().numpy().reshape(-1), pa.float32())
+        columns[f"embedding_{view}"] = pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])
+    pq.write_table(pa.table(columns), args.out)
+    print(f"wrote {args.out}: {len(ids)} items x {emb.shape[1]} dims x 3 views")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vlm2rec.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prepare(sub)
+    train = sub.add_parser("train", help="one fine-tuning run (also under torchrun)")
+    train.add_argument(
+        "--config", required=True, help="run config TOML (e.g. search_spaces/base/synthetic.toml)"
+    )
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted-path override, e.g. --set loss.alpha=0.5 (repeatable)",
+    )
+    train.add_argument(
+        "--out",
+        required=True,
+        help="run folder (metrics.jsonl, final.json, tensorboard/, checkpoints/)",
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in --out"
+    )
+    train.set_defaults(func=_run_train)
+    evaluate = sub.add_parser("evaluate", help="re-score a run's best checkpoint")
+    evaluate.add_argument("--run", required=True, help="run folder written by `train`")
+    evaluate.add_argument("--split", choices=["val", "test"], default="test")
+    evaluate.set_defaults(func=_run_evaluate)
+    export = sub.add_parser("export", help="write the best checkpoint's item embeddings to Parquet")
+    export.add_argument("--run", required=True, help="run folder written by `train`")
+    export.add_argument("--out", required=True, help="output .parquet")
+    export.set_defaults(func=_run_export)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vlm2rec.config import ConfigError
+    from vlm2rec.data.schema import DatasetError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ConfigError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
