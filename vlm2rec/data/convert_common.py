@@ -192,7 +192,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_k_core: int) -
     parser.add_argument("--strict", action="store_true", help="stop at the first malformed row")
     images = parser.add_argument_group("images")
     images.add_argument(
-        "--images", type=Path, default=None, help="folder of <source_id>.<ext> images"
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of <source_id>.<ext> images, looked up before any URL (URLs are still "
+        "fetched for items missing there unless --no-download)",
     )
     images.add_argument("--no-download", action="store_true", help="never fetch image URLs")
     images.add_argument(
