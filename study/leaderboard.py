@@ -339,7 +339,7 @@ def _clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _record_from_trial(trial: Any, rows: list[dict[str, Any]]) -> TrialRecord:
-    last = rows[-1] if rows else dict(trial.last_result or {})
+    last = rows[-1] if rows else {}
     history = [
         {k: v for k, v in r.items() if (k == "epoch" or k.startswith(("val/", "train/")))}
         for r in rows
@@ -387,6 +387,10 @@ def records_from_experiment(path: str | Path) -> tuple[list[TrialRecord], dict[s
     for trial in analysis.trials:
         frame = analysis.trial_dataframes.get(trial.trial_id)
         rows = [] if frame is None else [_clean_row(r) for r in frame.to_dict("records")]
+        if not rows and trial.last_result:
+            # Tune's JSON/CSV loggers off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1): only the last
+            # report survives in the experiment state, so it stands for the whole history.
+            rows = [_clean_row(trial.last_result)]
         rec = _record_from_trial(trial, rows)
         records.append(rec)
         for k, v in rec.params.items():

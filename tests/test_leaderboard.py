@@ -244,7 +244,7 @@ def test_cli_merges_study_folders(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_rebuild_from_tune_experiment(tmp_path: Path) -> None:
+def test_rebuild_from_tune_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
     from ray import tune
 
@@ -267,16 +267,25 @@ def test_rebuild_from_tune_experiment(tmp_path: Path) -> None:
                 metrics.update({"checkpoint_path": f"/ckpt/{alpha}", "git_sha": "abc"})
             tune.report(metrics)
 
+    def run(name: str, alphas: list[float]) -> None:
+        tune.Tuner(
+            tune.with_resources(_trainable, {"CPU": 0.5}),
+            param_space={"loss.alpha": tune.grid_search(alphas)},
+            run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0),
+        ).fit()
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
-        tuner = tune.Tuner(
-            tune.with_resources(_trainable, {"CPU": 0.5}),
-            param_space={"loss.alpha": tune.grid_search([0.0, 0.25, 1.0])},
-            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0),
-        )
-        tuner.fit()
+        run("exp", [0.0, 0.25, 1.0])
+        # The study turns Tune's own loggers off: then only each trial's last report survives.
+        monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        run("nologs", [0.25])
     finally:
         ray.shutdown()
+    assert not [*(tmp_path / "nologs").rglob("result.json")], "the loggers were not off"
+    (only,), _ = records_from_experiment(tmp_path / "nologs")
+    assert only.history and only.history[-1]["epoch"] == 3 and only.status == "completed"
+    assert only.test_metrics == {"test/ndcg@10": pytest.approx(0.67)}
     recs, kinds = records_from_experiment(tmp_path / "exp")
     assert kinds == {"loss.alpha": "float"}
     t = build_rows(recs, study="exp", metric="val/ndcg@10", mode="max", param_kinds=kinds)
