@@ -1,0 +1,401 @@
+"""Embedder backends on the tiny offline models: views, padding, processor equality, LoRA wiring,
+save round-trip, determinism, gradients, sequences and the catalogue pass."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlm2rec.config import EmbedderConfig
+from vlm2rec.data.catalogue import Catalogue
+from vlm2rec.embedder import (
+    VIEWS,
+    DecoderEmbedder,
+    DualEmbedder,
+    Embedder,
+    EmbedderLoadError,
+    build_embedder,
+    encode_catalogue,
+)
+
+BACKENDS = ["tiny-qwen2vl", "tiny-clip", "tiny-siglip"]
+NO_IMAGE, NO_TEXT = 3, 5  # item 3 has no image, item 5 no text
+
+
+def _png(seed: int, side: int = 20) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _catalogue(
+    texts: dict[int, str | None] | None = None, images: dict[int, bytes | None] | None = None
+) -> Catalogue:
+    """Six items: item 3 without image, item 5 without text; ``texts``/``images`` replace entries."""
+    titles = ("", "red ball", "blue cube", "green cone", "tall lamp", "soft chair", "old map")
+    text: list[str | None] = [
+        None,
+        "Brand: Acme. Round.",
+        "Brand: Zeta.",
+        "Brand: Acme.",
+        "Made of brass.",
+        None,
+        "Paper, folded twice.",
+    ]
+    image: list[bytes | None] = [None, *[_png(i) for i in range(1, 7)]]
+    image[NO_IMAGE] = None
+    for i, t in (texts or {}).items():
+        text[i] = t
+    for i, b in (images or {}).items():
+        image[i] = b
+    return Catalogue(titles, tuple(text), tuple(image))
+
+
+def _build(name: str, catalogue: Catalogue | None = None, seed: int = 0, **cfg: Any) -> Embedder:
+    torch.manual_seed(1234)  # builds must not depend on (or disturb) the global RNG
+    return build_embedder(EmbedderConfig(name=name, **cfg), catalogue or _catalogue(), seed=seed)
+
+
+def _ids(*ids: int) -> torch.Tensor:
+    return torch.tensor(ids, dtype=torch.long)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_views_react_only_to_their_own_modality(name: str) -> None:
+    ids = _ids(1, 2, 4)
+    base = _build(name)
+    new_text = _build(name, _catalogue(texts={1: "Brand: Other. Square and heavy."}))
+    new_image = _build(name, _catalogue(images={1: _png(99)}))
+    with torch.no_grad():
+        ref: dict[str, torch.Tensor] = {v: base.encode_items(ids, v) for v in VIEWS}
+        by_text: dict[str, torch.Tensor] = {v: new_text.encode_items(ids, v) for v in VIEWS}
+        by_image: dict[str, torch.Tensor] = {v: new_image.encode_items(ids, v) for v in VIEWS}
+    for view, changed in (("text", by_text), ("image", by_image)):
+        other = "image" if view == "text" else "text"
+        for v in (view, "both"):
+            assert not torch.allclose(changed[v][0], ref[v][0], atol=1e-4), (view, v)
+            assert torch.allclose(changed[v][1:], ref[v][1:], atol=1e-5), (view, v)
+        assert torch.allclose(changed[other], ref[other], atol=1e-5), (view, other)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_missing_image_gives_zero_image_row_and_text_only_both(name: str) -> None:
+    emb = _build(name)
+    with torch.no_grad():
+        image = emb.encode_items(_ids(NO_IMAGE, 1), "image")
+        both = emb.encode_items(_ids(NO_IMAGE, 1), "both")
+        text = emb.encode_items(_ids(NO_IMAGE, 1), "text")
+        no_text = emb.encode_items(_ids(NO_TEXT), "both")
+    assert torch.equal(image[0], torch.zeros(emb.dim))
+    assert torch.allclose(image[1].norm(), torch.tensor(1.0))
+    assert torch.allclose(both[0], text[0], atol=1e-5)
+    assert not torch.allclose(both[1], text[1], atol=1e-3)
+    assert torch.isfinite(no_text).all() and torch.allclose(no_text.norm(), torch.tensor(1.0))
+
+
+def test_decoder_left_and_right_padding_give_the_same_embedding() -> None:
+    emb = _build("tiny-qwen2vl")
+    assert isinstance(emb, DecoderEmbedder)
+    prompts, images = [], []
+    for item, view in ((1, "both"), (4, "text"), (2, "image"), (6, "both")):
+        prompt, imgs = emb.item_prompt(item, view)  # type: ignore[arg-type]
+        prompts.append(prompt)
+        images += imgs
+    with torch.no_grad():
+        left = emb.encode_prompts(prompts, images, padding_side="left")
+        right = emb.encode_prompts(prompts, images, padding_side="right")
+        alone = emb.encode_prompts(prompts[1:2], [])
+    lengths = emb.model_inputs(prompts, images)["attention_mask"].sum(1)
+    assert len(set(lengths.tolist())) > 1  # the batch really needs padding
+    assert torch.allclose(left, right, atol=1e-5)
+    assert torch.allclose(left[1], alone[0], atol=1e-5)  # no dependence on batch neighbours
+
+
+def test_decoder_inputs_equal_the_qwen2vl_processor() -> None:
+    from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageTextProcessor(Qwen2VLProcessor):
+        """Qwen2VLProcessor without its video processor (which needs torchvision)."""
+
+        def __init__(self, image_processor: object, tokenizer: object) -> None:
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # type: ignore[attr-defined]
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)  # type: ignore[attr-defined]
+            ProcessorMixin.__init__(self, image_processor, tokenizer)
+
+    catalogue = _catalogue(images={2: _png(7, side=90), 4: _png(8, side=33)})  # two grid sizes
+    emb = _build("tiny-qwen2vl", catalogue, max_pixels=84 * 84)
+    assert isinstance(emb, DecoderEmbedder)
+    processor = ImageTextProcessor(emb.image_processor, emb.tokenizer)
+    one_pad = "<|vision_start|><|image_pad|><|vision_end|>"
+    prompts = [
+        f"{one_pad}Title: red ball",
+        "text only, longer than the others",
+        f"a {one_pad}b{one_pad}",
+    ]
+    items = [1, 2, 4]  # the images in prompt order
+    pil = [Image.open(io.BytesIO(catalogue.images[i])).convert("RGB") for i in items]  # type: ignore[arg-type]
+    expected = processor(
+        text=prompts,
+        images=pil,
+        return_tensors="pt",
+        padding=True,
+        size={"shortest_edge": 56 * 56, "longest_edge": 84 * 84},
+    )
+    ours_prompts, queue = [], iter(items)
+    for prompt in prompts:  # our side: each placeholder already expanded from the cached grid
+        while one_pad in prompt:
+            prompt = prompt.replace(one_pad, emb.image_placeholder(next(queue)), 1)
+        ours_prompts.append(prompt)
+    ours = emb.model_inputs(ours_prompts, items)
+    assert set(expected) == set(ours)
+    for key in ours:
+        assert torch.equal(ours[key], expected[key].to(ours[key].dtype)), key
+    assert len({tuple(g) for g in ours["image_grid_thw"].tolist()}) > 1
+
+
+# rank 4 x (in + out) per adapted projection; hidden 64, Qwen2-VL k/v project to 2 kv heads x 16
+QWEN_LAYER = 4 * ((64 + 64) + (64 + 32) + (64 + 32) + (64 + 64))  # q, k, v, o
+DUAL_LAYER = 4 * 3 * (64 + 64)  # q, k, v (CLIP/SigLIP call the output projection out_proj)
+
+
+@pytest.mark.parametrize(
+    ("name", "tensors", "numel"),
+    [
+        ("tiny-qwen2vl", 2 * 4 * 2, 2 * QWEN_LAYER),
+        ("tiny-clip", 2 * 3 * 2, 2 * DUAL_LAYER),
+        ("tiny-siglip", 2 * 3 * 2, 2 * DUAL_LAYER),
+    ],
+)
+def test_lora_trains_only_language_adapters(name: str, tensors: int, numel: int) -> None:
+    emb = _build(name, finetune="lora", lora_rank=4)
+    trainable = {n: p for n, p in emb.named_parameters() if p.requires_grad}
+    assert len(trainable) == tensors  # layers x adapted modules x (A, B)
+    assert sum(p.numel() for p in trainable.values()) == numel
+    assert all("lora_" in n for n in trainable)
+    assert not any("visual" in n or "vision" in n for n in trainable)
+    frozen = [p for n, p in emb.named_parameters() if "lora_" not in n]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    assert set(emb.trainable_state_dict()) == set(trainable)
+
+
+def test_finetune_modes_and_vision_switch() -> None:
+    full = _build("tiny-qwen2vl", finetune="full")
+    names = [n for n, p in full.named_parameters() if p.requires_grad]
+    assert names and not any(".visual." in n or "lm_head" in n for n in names)
+    unfrozen = _build("tiny-qwen2vl", finetune="lora", freeze_vision=False)
+    names = [n for n, p in unfrozen.named_parameters() if p.requires_grad]
+    assert any(".visual." in n for n in names) and any("lora_" in n for n in names)
+    assert not any(p.requires_grad for p in _build("tiny-qwen2vl", finetune="frozen").parameters())
+    head = [
+        n
+        for n, p in _build("tiny-clip", finetune="frozen", fusion="concat_proj").named_parameters()
+        if p.requires_grad
+    ]
+    assert head == ["fusion.weight", "fusion.bias"]
+    with pytest.raises(ValueError, match=r"embedder\.lora_target_modules"):
+        _build("tiny-clip", lora_target_modules=("no_such_module",))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_same_seed_same_weights_other_seed_other_weights(name: str) -> None:
+    a, b, c = _build(name, seed=3), _build(name, seed=3), _build(name, seed=4)
+    state_a, state_b, state_c = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    lora_a = [k for k in state_a if "lora_A" in k]
+    assert lora_a and not all(torch.equal(state_a[k], state_c[k]) for k in lora_a)
+    with torch.no_grad():
+        assert torch.equal(a.encode_items(_ids(1, 2), "both"), b.encode_items(_ids(1, 2), "both"))
+
+
+def _perturb_trainables(emb: Embedder) -> None:
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in emb.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+@pytest.mark.parametrize(
+    ("name", "fusion"),
+    [("tiny-qwen2vl", "mean"), ("tiny-clip", "concat_proj"), ("tiny-siglip", "mean")],
+)
+def test_save_pretrained_round_trip(name: str, fusion: str, tmp_path: Path) -> None:
+    fresh = _build(name, fusion=fusion)
+    fresh.save_pretrained(tmp_path / "fresh")
+    loaded = _build(str(tmp_path / "fresh"), fusion=fusion)
+    assert type(loaded) is type(fresh)
+    a, b = fresh.state_dict(), loaded.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # exact, LoRA B = 0
+    trained = _build(name, fusion=fusion)
+    _perturb_trainables(trained)
+    trained.save_pretrained(tmp_path / "trained")
+    merged = _build(str(tmp_path / "trained"), fusion=fusion)
+    with torch.no_grad():
+        for view in VIEWS:
+            ref, got = (
+                trained.encode_items(_ids(1, 2, 3), view),
+                merged.encode_items(_ids(1, 2, 3), view),
+            )
+            assert torch.allclose(ref, got, atol=1e-5), view
+        h = torch.tensor([[0, 1, 2], [4, 5, 6]])
+        assert torch.allclose(trained.encode_sequences(h), merged.encode_sequences(h), atol=1e-5)
+
+
+def test_trainable_state_round_trip_is_strict() -> None:
+    source, target = _build("tiny-clip", seed=1), _build("tiny-clip", seed=1)  # same base weights
+    _perturb_trainables(source)
+    with torch.no_grad():
+        assert not torch.equal(
+            source.encode_items(_ids(1), "text"), target.encode_items(_ids(1), "text")
+        )
+    target.load_trainable_state_dict(source.trainable_state_dict())
+    with torch.no_grad():
+        assert torch.equal(
+            source.encode_items(_ids(1, 2), "text"), target.encode_items(_ids(1, 2), "text")
+        )
+    state = source.trainable_state_dict()
+    state.pop(next(iter(state)))
+    with pytest.raises(KeyError, match="missing keys"):
+        target.load_trainable_state_dict(state)
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    assert p.grad is not None
+    return p.grad
+
+
+def _grad_norms(emb: Embedder, loss: torch.Tensor) -> dict[str, float]:
+    emb.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: float(_grad(p).norm()) for n, p in emb.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_both_view_gradients_reach_image_and_text_paths(name: str) -> None:
+    emb = _build(name, finetune="lora", freeze_vision=False)
+    target = torch.randn(3, emb.dim, generator=torch.Generator().manual_seed(0))
+    grads = _grad_norms(emb, (emb.encode_items(_ids(1, 2, 4), "both") * target).sum())
+    vision = [g for n, g in grads.items() if "visual" in n or "vision" in n]
+    text = [g for n, g in grads.items() if "lora_" in n]
+    assert vision and text and min(max(vision), max(text)) > 0
+    assert all(g > 0 for n, g in grads.items() if "lora_B" in n)
+
+
+def test_decoder_lora_gets_image_dependent_gradients_with_frozen_vision() -> None:
+    # The vision tower has no trainable weights, so the image path reaches training only through
+    # the LoRA'd attention over image tokens: the image view (no title/text, identical prompt text)
+    # of two items must give different, non-zero LoRA gradients.
+    emb = _build("tiny-qwen2vl", finetune="lora", freeze_vision=True)
+    target = torch.randn(emb.dim, generator=torch.Generator().manual_seed(0))
+    per_item = []
+    for item in (1, 2):
+        _grad_norms(emb, emb.encode_items(_ids(item), "image")[0] @ target)
+        per_item.append(
+            torch.cat([_grad(p).flatten() for n, p in emb.named_parameters() if "lora_B" in n])
+        )
+        assert not any(p.grad is not None for n, p in emb.named_parameters() if ".visual." in n)
+    assert per_item[0].norm() > 0 and not torch.allclose(per_item[0], per_item[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_sequences_shape_norm_padding_and_recent_images(name: str) -> None:
+    emb = _build(name, images_per_history=1)
+    histories = torch.tensor(
+        [[0, 0, 1, 2], [0, 0, 0, 0], [4, 6, 1, 2], [0, 0, 0, 0], [0, 0, 0, NO_IMAGE]]
+    )
+    with torch.no_grad():
+        seq = emb.encode_sequences(histories)
+        older = _build(name, _catalogue(images={1: _png(50)}), images_per_history=1)
+        newest = _build(name, _catalogue(images={2: _png(50)}), images_per_history=1)
+        seq_older, seq_newest = (
+            older.encode_sequences(histories),
+            newest.encode_sequences(histories),
+        )
+    assert seq.shape == (5, emb.dim) and seq.dtype == torch.float32
+    assert torch.allclose(seq.norm(dim=1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(seq[1], seq[3], atol=1e-6)  # all padding: one fixed vector
+    assert torch.allclose(seq_older[0], seq[0], atol=1e-5)  # item 1's image is beyond k = 1
+    assert not torch.allclose(seq_newest[0], seq[0], atol=1e-4)  # item 2 is the newest
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_encode_catalogue_shape_row_zero_and_mode(name: str) -> None:
+    emb = _build(name)
+    assert emb.training
+    table = encode_catalogue(emb, "image", batch_size=4)
+    assert emb.training  # restored
+    assert table.shape == (7, emb.dim) and table.dtype == torch.float32
+    assert torch.equal(table[0], torch.zeros(emb.dim)) and torch.equal(
+        table[NO_IMAGE], torch.zeros(emb.dim)
+    )
+    with torch.no_grad():
+        direct = emb.eval().encode_items(_ids(1, 2, 4, 5, 6), "image")
+    assert torch.allclose(table[[1, 2, 4, 5, 6]], direct, atol=1e-5)
+
+
+def test_bad_inputs_are_named() -> None:
+    emb = _build("tiny-clip")
+    with pytest.raises(ValueError, match=r"item_ids: ids must be in 1..6"):
+        emb.encode_items(_ids(0, 7), "text")
+    with pytest.raises(ValueError, match="histories"):
+        emb.encode_sequences(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"embedder\.sequence_prompt"):
+        _build("tiny-qwen2vl", sequence_prompt="{history} {user}")
+
+
+def test_decoder_truncation_keeps_the_instruction_token() -> None:
+    long = _catalogue(texts={1: "word " * 400})
+    emb = _build("tiny-qwen2vl", long, max_text_tokens=16)
+    assert isinstance(emb, DecoderEmbedder)
+    prompt, _ = emb.item_prompt(1, "text")
+    assert prompt.endswith("Summarize the item in one word:")
+    n_tokens = len(emb.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    template = len(
+        emb.tokenizer(emb.cfg.item_prompt.format(image="", title="", text=""))["input_ids"]
+    )
+    assert n_tokens == template + 16
+
+
+@pytest.mark.parametrize(
+    "name", ["no-such-org/no-such-model-vlm2rec", "/nonexistent/vlm2rec/folder"]
+)
+def test_unloadable_checkpoint_says_offline_needs_a_local_folder(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the hub reads the variable once at import: set the parsed flag too, so nothing dials out
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(EmbedderLoadError, match="local folder"):
+        _build(name)
+
+
+def test_global_rng_is_untouched_by_builds() -> None:
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    build_embedder(EmbedderConfig(name="tiny-siglip"), _catalogue(), seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_dual_is_dual_and_config_is_frozen() -> None:
+    emb = _build("tiny-siglip")
+    assert isinstance(emb, DualEmbedder) and emb.family == "siglip"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        emb.cfg.name = "x"  # type: ignore[misc]

@@ -1,0 +1,201 @@
+r"""Decoder-VLM embedder (Qwen2-VL family): prompt in, last token's hidden state out.
+
+Reading of [paper] §2 in the VLM2Vec convention. An item view is one prompt from
+``embedder.item_prompt`` (``{image}``, ``{title}``, ``{text}``); a history is one prompt from
+``embedder.sequence_prompt`` (``{images}`` = the images of the ``images_per_history`` most recent
+history items that have one, oldest first; ``{history}`` = one line per item, oldest first).
+
+.. math:: e = \frac{h_{last}}{\lVert h_{last} \rVert_2}, \quad
+          h_{last} = \mathrm{LM}(\mathrm{prompt})_{t_{last}}
+
+Inputs are assembled exactly as ``Qwen2VLProcessor`` would (one ``<|image_pad|>`` per merged patch:
+``t*h*w / merge_size**2`` of them, ``image_grid_thw``, ``mm_token_type_ids``; a test compares both)
+but from per-item cached image tensors, so images are preprocessed once per item, not per step.
+Positions are the model's multimodal RoPE indices computed *with the attention mask*, so a prompt's
+embedding does not depend on how much left padding its batch needs.
+
+View rules: ``text`` = prompt without image; ``image`` = prompt with the image and empty title and
+text (a zero row for an item without image); ``both`` = everything the item has.
+An all-padding history is the sequence prompt with no images and an empty history.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlm2rec.config import EmbedderConfig
+from vlm2rec.data.catalogue import Catalogue
+from vlm2rec.embedder.base import Embedder, View
+from vlm2rec.embedder.hub import save_backbone
+from vlm2rec.embedder.images import ImageCache
+from vlm2rec.embedder.lora import configure_finetuning, merged_copy, unwrap
+from vlm2rec.embedder.pooling import l2_normalise, last_token_pool
+from vlm2rec.embedder.prompts import TextClipper, check_template
+from vlm2rec.embedder.tiny import Backbone
+
+__all__ = ["DecoderEmbedder"]
+
+
+def _pixel_budget(processor: Any, max_pixels: int) -> dict[str, Any]:
+    """Processor kwargs capping the pixels per image at ``embedder.max_pixels`` (0 = default)."""
+    if max_pixels <= 0:
+        return {}
+    shortest = int(processor.size["shortest_edge"])
+    return {"size": {"shortest_edge": min(shortest, max_pixels), "longest_edge": max_pixels}}
+
+
+class DecoderEmbedder(Embedder):
+    """Qwen2-VL item/sequence embedder with last-token pooling and left padding.
+
+    Args:
+        backbone: model, tokenizer and image processor (tiny or ``from_pretrained``).
+        cfg: ``embedder`` section of the run config.
+        catalogue: the items.
+        seed: seed of the LoRA initialisation.
+    """
+
+    def __init__(
+        self, backbone: Backbone, cfg: EmbedderConfig, catalogue: Catalogue, *, seed: int
+    ) -> None:
+        super().__init__()
+        check_template(cfg.item_prompt, ("image", "title", "text"), "embedder.item_prompt")
+        check_template(cfg.sequence_prompt, ("images", "history"), "embedder.sequence_prompt")
+        self.cfg, self.catalogue = cfg, catalogue
+        if cfg.gradient_checkpointing:
+            backbone.model.gradient_checkpointing_enable({"use_reentrant": False})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.backbone = configure_finetuning(
+                backbone.model,
+                mode=cfg.finetune,
+                text_prefix="model.language_model.",
+                vision_prefixes=("model.visual.",),
+                unused_prefixes=("lm_head.",),
+                target_modules=cfg.lora_target_modules,
+                rank=cfg.lora_rank,
+                alpha=cfg.lora_alpha,
+                dropout=cfg.lora_dropout,
+                freeze_vision=cfg.freeze_vision,
+            )
+        self.tokenizer = backbone.tokenizer
+        self.image_processor = backbone.image_processor
+        config = unwrap(self.backbone).config
+        self.dim = int(config.text_config.hidden_size)
+        self.image_token_id = int(config.image_token_id)
+        self._image_token = self._token(self.image_token_id)
+        self._vision_start = self._token(int(config.vision_start_token_id))
+        self._vision_end = self._token(int(config.vision_end_token_id))
+        self._merge = int(self.image_processor.merge_size)
+        self.images = ImageCache(
+            catalogue.images,
+            self.image_processor,
+            _pixel_budget(self.image_processor, cfg.max_pixels),
+        )
+        self.texts = TextClipper(catalogue, self.tokenizer, cfg.max_text_tokens)
+
+    # ---- prompt assembly -------------------------------------------------------------------
+    def _token(self, token_id: int) -> str:
+        """The string of a special token (placeholders are written as text, then tokenised)."""
+        return str(self.tokenizer.convert_ids_to_tokens(token_id))
+
+    def image_placeholder(self, item_id: int) -> str:
+        """``<|vision_start|>`` + one ``<|image_pad|>`` per merged patch + ``<|vision_end|>``."""
+        grid = self.images.get(item_id)["image_grid_thw"]
+        n_tokens = int(grid.prod()) // self._merge**2
+        return self._vision_start + self._image_token * n_tokens + self._vision_end
+
+    def item_prompt(self, item_id: int, view: View) -> tuple[str, list[int]]:
+        """The prompt of one item view and the ids of the items whose images it holds."""
+        with_image = view != "text" and self.images.has_image(item_id)
+        title, text = ("", "") if view == "image" else self.texts.fields(item_id)
+        image = self.image_placeholder(item_id) if with_image else ""
+        prompt = self.cfg.item_prompt.format(image=image, title=title, text=text)
+        return prompt, [item_id] if with_image else []
+
+    def sequence_prompt(self, history: list[int]) -> tuple[str, list[int]]:
+        """The prompt of one history (real ids, oldest first) and its image item ids."""
+        k = self.cfg.images_per_history
+        recent = history[-k:] if k > 0 else []
+        with_image = [i for i in recent if self.images.has_image(i)]
+        images = "".join(self.image_placeholder(i) for i in with_image)
+        prompt = self.cfg.sequence_prompt.format(images=images, history=self.texts.history(history))
+        return prompt, with_image
+
+    def model_inputs(
+        self, prompts: list[str], image_ids: list[int], padding_side: str = "left"
+    ) -> dict[str, torch.Tensor]:
+        """Tokenised, padded prompts plus the cached pixels of ``image_ids`` (in prompt order):
+        the same keys and values ``Qwen2VLProcessor`` produces for these prompts and images."""
+        batch = self.tokenizer(
+            prompts,
+            padding=True,
+            padding_side=padding_side,
+            return_tensors="pt",
+            add_special_tokens=False,
+        )
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        # 1 marks image placeholder tokens: what M-RoPE uses to lay out the 3-D positions
+        inputs["mm_token_type_ids"] = (batch["input_ids"] == self.image_token_id).long()
+        if image_ids:
+            cached = [self.images.get(i) for i in image_ids]
+            inputs["pixel_values"] = torch.cat([c["pixel_values"] for c in cached])  # [sum P, d]
+            inputs["image_grid_thw"] = torch.stack([c["image_grid_thw"] for c in cached])  # [I, 3]
+        return inputs
+
+    # ---- forward ---------------------------------------------------------------------------
+    def encode_prompts(
+        self, prompts: list[str], image_ids: list[int], padding_side: str = "left"
+    ) -> torch.Tensor:
+        """Prompts -> float32 ``[B, D]`` normalised last-token states."""
+        device = self.device
+        inputs = {
+            k: v.to(device) for k, v in self.model_inputs(prompts, image_ids, padding_side).items()
+        }
+        core = unwrap(self.backbone).model  # Qwen2VLModel: hidden states without the LM head
+        grid = inputs.get("image_grid_thw")
+        positions, _ = core.get_rope_index(
+            inputs["input_ids"],
+            inputs["mm_token_type_ids"],
+            image_grid_thw=grid,
+            attention_mask=inputs["attention_mask"],
+        )  # [3, B, S]
+        out = core(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            position_ids=positions,
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=grid,
+            use_cache=False,
+        )
+        return l2_normalise(last_token_pool(out.last_hidden_state, inputs["attention_mask"]))
+
+    def encode_items(self, item_ids: torch.Tensor, view: View) -> torch.Tensor:
+        """See :class:`Embedder`; the ``image`` view of an item without image is a zero row."""
+        ids = self.check_item_ids(item_ids)
+        rows = [k for k, i in enumerate(ids) if view != "image" or self.images.has_image(i)]
+        out = torch.zeros(len(ids), self.dim, device=self.device)
+        if not rows:
+            return out
+        prompts, image_ids = [], []
+        for k in rows:
+            prompt, images = self.item_prompt(ids[k], view)
+            prompts.append(prompt)
+            image_ids.extend(images)
+        index = torch.tensor(rows, device=out.device)
+        return out.index_copy(0, index, self.encode_prompts(prompts, image_ids))
+
+    def encode_sequences(self, histories: torch.Tensor) -> torch.Tensor:
+        """See :class:`Embedder`; an all-padding row is the empty-history prompt."""
+        prompts, image_ids = [], []
+        for history in self.check_histories(histories):
+            prompt, images = self.sequence_prompt(history)
+            prompts.append(prompt)
+            image_ids.extend(images)
+        return self.encode_prompts(prompts, image_ids)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Merged checkpoint + tokenizer + image processor (see :class:`Embedder`)."""
+        save_backbone(merged_copy(self.backbone), self.tokenizer, self.image_processor, folder)

@@ -1,0 +1,181 @@
+"""Tiny offline models: real transformers architectures with a few hundred thousand random weights.
+
+``tiny-qwen2vl`` (decoder VLM), ``tiny-clip`` and ``tiny-siglip`` (dual encoders) are built from a
+transformers config, an in-memory byte-level tokenizer and the family's PIL image processor: no
+file, no network, and the same ``seed`` always gives the same weights. They are the embedded default
+and the test models; sizes are chosen to run fast on one CPU core (hidden 64, 2 layers, 4 heads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    SiglipConfig,
+    SiglipModel,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+from vlm2rec.embedder.tokenizer import BYTE_VOCAB, byte_level_tokenizer
+
+__all__ = ["TINY_MODELS", "Backbone", "build_tiny"]
+
+TINY_MODELS = ("tiny-qwen2vl", "tiny-clip", "tiny-siglip")
+HIDDEN, LAYERS, HEADS, FFN = 64, 2, 4, 128
+QWEN_IMAGE_SIDE = 56  # a multiple of patch 14 x merge 2: 4x4 patches -> 4 image tokens
+DUAL_IMAGE_SIDE, DUAL_PATCH = 32, 8  # 4x4 patches, the synthetic benchmark's native side
+
+
+@dataclasses.dataclass
+class Backbone:
+    """A transformers model with the tokenizer and image processor that feed it.
+
+    ``family`` is ``decoder`` (Qwen2-VL) or ``clip`` / ``siglip`` (dual encoders).
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    image_processor: Any
+    family: str
+
+
+def _vocab(n_special: int) -> int:
+    """Bytes + specials, rounded up to a multiple of 8 (friendly matmul shapes)."""
+    return -(-(BYTE_VOCAB + n_special) // 8) * 8
+
+
+def _tiny_qwen2vl(image_side: int) -> Backbone:
+    specials = [
+        "<|endoftext|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    tok = byte_level_tokenizer(specials, pad_token="<|endoftext|>", eos_token="<|endoftext|>")
+    ids = {t: int(tok.convert_tokens_to_ids(t)) for t in specials}  # type: ignore[arg-type]
+    pad = ids["<|endoftext|>"]
+    text = {
+        "vocab_size": _vocab(len(specials)),
+        "hidden_size": HIDDEN,
+        "intermediate_size": FFN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        # head_dim 16 -> 8 rotary frequencies split over (temporal, height, width)
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2, 3, 3],
+        },
+        "bos_token_id": pad,
+        "eos_token_id": pad,
+        "pad_token_id": pad,
+    }
+    vision = {
+        "depth": LAYERS,
+        "embed_dim": HIDDEN // 2,
+        "hidden_size": HIDDEN,
+        "num_heads": 2,
+        "mlp_ratio": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    config = Qwen2VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    side = image_side or QWEN_IMAGE_SIDE
+    processor = Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side)
+    return Backbone(Qwen2VLForConditionalGeneration(config), tok, processor, "decoder")
+
+
+def _dual_towers(
+    n_special: int, ids: dict[str, Any], image_side: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    common = {
+        "hidden_size": HIDDEN,
+        "intermediate_size": FFN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+    }
+    text = {**common, "vocab_size": _vocab(n_special), "max_position_embeddings": 256, **ids}
+    vision = {**common, "image_size": image_side, "patch_size": DUAL_PATCH}
+    return text, vision
+
+
+def _tiny_clip(image_side: int) -> Backbone:
+    specials = ["<|startoftext|>", "<|endoftext|>", "<|pad|>"]
+    tok = byte_level_tokenizer(
+        specials,
+        pad_token="<|pad|>",
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        add_bos_eos=True,
+        padding_side="right",
+        model_max_length=256,
+    )
+    ids = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,  # CLIP pools at the first eos
+        "pad_token_id": tok.pad_token_id,
+    }
+    side = image_side or DUAL_IMAGE_SIDE
+    text, vision = _dual_towers(len(specials), ids, side)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=HIDDEN)
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
+    return Backbone(CLIPModel(config), tok, processor, "clip")
+
+
+def _tiny_siglip(image_side: int) -> Backbone:
+    specials = ["</s>", "<pad>"]
+    tok = byte_level_tokenizer(
+        specials,
+        pad_token="<pad>",
+        eos_token="</s>",
+        add_bos_eos=True,
+        padding_side="right",
+        model_max_length=256,
+    )
+    ids = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": None}
+    side = image_side or DUAL_IMAGE_SIDE
+    text, vision = _dual_towers(len(specials), ids, side)
+    config = SiglipConfig(text_config=text, vision_config=vision)
+    processor = SiglipImageProcessorPil(size={"height": side, "width": side})
+    return Backbone(SiglipModel(config), tok, processor, "siglip")
+
+
+def build_tiny(name: str, *, seed: int, image_side: int = 0) -> Backbone:
+    """Build a tiny model by name with weights drawn from ``seed`` (the global RNG is untouched).
+
+    Args:
+        name: one of :data:`TINY_MODELS`.
+        seed: weight-initialisation seed.
+        image_side: square input side in pixels (0 = the tiny default; decoders round it to 28).
+    """
+    builders = {"tiny-qwen2vl": _tiny_qwen2vl, "tiny-clip": _tiny_clip, "tiny-siglip": _tiny_siglip}
+    if name not in builders:
+        raise ValueError(f"embedder.name: {name!r} is not a tiny model ({', '.join(TINY_MODELS)})")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = builders[name](image_side)
+    backbone.model.eval()
+    return backbone
