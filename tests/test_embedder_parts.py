@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -113,18 +115,61 @@ def test_text_clipper_budgets_title_first_and_history_keeps_the_tail() -> None:
     assert clip.history([1, 2]) == "f: 01\nxy"  # "abcdef: 01\nxy" cut to its last 8 tokens
 
 
+def _processors() -> list[object]:
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    return [
+        Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112),
+        CLIPImageProcessorPil(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24}),
+        SiglipImageProcessorPil(size={"height": 20, "width": 20}),
+    ]
+
+
+@pytest.mark.parametrize("processor", _processors(), ids=["qwen2vl", "clip", "siglip"])
+def test_image_cache_equals_the_processor_exactly_and_stores_uint8(processor: Any) -> None:
+    rng = np.random.default_rng(0)
+    blobs: list[bytes] = []
+    for h, w in ((16, 16), (70, 41), (33, 90)):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+        blobs.append(buf.getvalue())
+    cache = ImageCache([None, *blobs], processor)
+    for i in (1, 2, 3):
+        expected = processor(images=[decode_image(blobs[i - 1], i)], return_tensors="pt")
+        got = cache.get(i)
+        assert torch.equal(
+            got["pixel_values"],
+            expected["pixel_values"].squeeze(0)
+            if "image_grid_thw" not in expected
+            else expected["pixel_values"],
+        )
+        if "image_grid_thw" in expected:
+            assert torch.equal(got["image_grid_thw"], expected["image_grid_thw"][0])
+        assert cache.get(i)["pixel_values"] is not got["pixel_values"]  # fresh tensor per read
+    numel = sum(cache.get(i)["pixel_values"].numel() for i in (1, 2, 3))
+    # one byte per value; Qwen2-VL's two identical temporal copies are stored once
+    assert cache.cached_bytes() == (numel // 2 if "image_grid_thw" in expected else numel)
+
+
 def test_image_cache_processes_each_item_once_and_names_bad_rows() -> None:
     calls: list[int] = []
 
-    def processor(images: list[Image.Image], return_tensors: str) -> dict[str, torch.Tensor]:
-        calls.append(1)
-        return {"pixel_values": torch.ones(1, 3, *images[0].size)}
+    class Processor:
+        do_rescale, do_normalize = False, False
 
-    cache = ImageCache([None, _png((255, 0, 0)), None, b"not an image"], processor)
+        def __call__(self, images: list[Image.Image], **kwargs: object) -> dict[str, torch.Tensor]:
+            calls.append(1)
+            return {"pixel_values": torch.ones(1, 3, *images[0].size)}
+
+    cache = ImageCache([None, _png((255, 0, 0)), None, b"not an image"], Processor())
     assert cache.has_image(1) and not cache.has_image(2)
-    first = cache.get(1)
-    assert cache.get(1) is first and len(calls) == 1
-    assert first["pixel_values"].shape == (3, 16, 16)
+    assert cache.get(1)["pixel_values"].shape == (3, 16, 16)
+    assert torch.equal(cache.get(1)["pixel_values"], torch.ones(3, 16, 16))
+    assert len(calls) == 1 and len(cache) == 1
     with pytest.raises(KeyError, match="item_id=2"):
         cache.get(2)
     with pytest.raises(ValueError, match="item_id=3"):
