@@ -399,3 +399,27 @@ def test_dual_is_dual_and_config_is_frozen() -> None:
     assert isinstance(emb, DualEmbedder) and emb.family == "siglip"
     with pytest.raises(dataclasses.FrozenInstanceError):
         emb.cfg.name = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2vl", "tiny-clip"])
+def test_bf16_weights_still_give_float32_normalised_outputs(name: str) -> None:
+    full, half = _build(name), _build(name, dtype="bf16")
+    assert next(half.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        ref, got = full.encode_items(_ids(1, 2), "both"), half.encode_items(_ids(1, 2), "both")
+        table = encode_catalogue(half, "image", batch_size=3)
+    assert got.dtype == torch.float32 and table.dtype == torch.float32
+    assert torch.allclose(got.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert (ref * got).sum(dim=1).min() > 0.95  # same function up to bf16 rounding
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    plain, ckpt = _build("tiny-qwen2vl"), _build("tiny-qwen2vl", gradient_checkpointing=True)
+    target = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for emb in (plain, ckpt):
+        emb.train()
+        loss = (emb.encode_sequences(torch.tensor([[0, 1, 2], [4, 5, 6]])) * target).sum()
+        grads.append(_grad_norms(emb, loss))
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert all(abs(grads[0][k] - grads[1][k]) <= 1e-5 * (1 + grads[0][k]) for k in grads[0])
