@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,13 @@ def test_every_field_is_documented() -> None:
             assert any("#:" in ln for ln in lines[start - 1 : start + 3]), (
                 f"{cls.__name__}.{f.name}"
             )
+
+
+def test_load_config_reads_the_json_a_study_writes(tmp_path: Path) -> None:
+    cfg = apply_overrides(RunConfig(), {"loss.alpha": 0.25, "embedder.name": "tiny-clip"})
+    path = tmp_path / "trial.json"
+    path.write_text(json.dumps(to_dict(cfg)))
+    assert load_config(path) == cfg
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"trial\.json: invalid JSON"):
+        load_config(path)

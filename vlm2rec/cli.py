@@ -26,7 +26,7 @@ PREPARE_SOURCES = {
 }
 
 
-def _add_prepare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
     prepare = sub.add_parser("prepare", help="build a prepared dataset folder")
     sources = prepare.add_subparsers(dest="source", required=True)
     for source, (module, help_text) in PREPARE_SOURCES.items():
@@ -207,16 +207,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from vlm2rec.config import ConfigError
-    from vlm2rec.data.schema import DatasetError
-
+    """Run one command; library errors propagate (tests and callers see the exception)."""
     args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def console(argv: Sequence[str] | None = None) -> int:
+    """The command line: a bad config, dataset, input file or model is one clear line, exit 2."""
+    from vlm2rec.config import ConfigError
+    from vlm2rec.data.convert_common import ConversionError
+    from vlm2rec.data.schema import DatasetError
+    from vlm2rec.embedder import EmbedderLoadError
+
     try:
-        return int(args.func(args))
-    except (ConfigError, DatasetError) as exc:
+        return main(argv)
+    except (
+        ConfigError,
+        DatasetError,
+        ConversionError,
+        EmbedderLoadError,
+        FileNotFoundError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

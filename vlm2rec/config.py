@@ -342,8 +342,12 @@ def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     return cls(**kwargs)
 
 
-def from_dict(data: Mapping[str, Any], cls: type[T] = RunConfig) -> T:  # type: ignore[assignment]
-    """Build a config from nested dicts (e.g. parsed TOML), strictly."""
+@typing.overload
+def from_dict(data: Mapping[str, Any]) -> RunConfig: ...
+@typing.overload
+def from_dict(data: Mapping[str, Any], cls: type[T]) -> T: ...
+def from_dict(data: Mapping[str, Any], cls: type[Any] = RunConfig) -> Any:
+    """Build a config (a :class:`RunConfig` unless ``cls`` says otherwise) from nested dicts, strictly."""
     return _from_mapping(cls, data)
 
 
@@ -408,18 +412,20 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
-    """Read a run config TOML; ``data.path`` relative paths stay relative to the working directory."""
+    """Read a run config from TOML (or from the JSON that studies write per trial), strictly."""
     path = Path(path)
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     try:
-        cfg = from_dict(data)
-        return apply_overrides(cfg, overrides or {})
+        data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: invalid {path.suffix.lstrip('.').upper() or 'TOML'}: {exc}"
+        ) from None
+    try:
+        return apply_overrides(from_dict(data), overrides or {})
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

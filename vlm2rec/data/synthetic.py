@@ -16,9 +16,10 @@ attributes). The three attributes reach the two modalities differently:
 * **brand** (text only): a brand word in the title and text;
 * **colour** (both): the fill colour of the shape and the colour word in the text.
 
-Title ``"<Brand> <colour> item"``; text ``"Brand: <Brand>. Colour: <colour>."`` plus ``text_filler``
-item-unique pseudo-words. No text ever names, numbers or encodes the shape (a test checks it), and
-with ``text_filler = 0`` items of one (brand, colour) cell have identical text.
+Title ``"<Brand> <colour>"``; text = ``text_filler`` item-unique pseudo-words (null when
+``text_filler = 0``). Texts are kept this short on purpose: the tiny models tokenise bytes, and every
+byte is a token in every training step. No text ever names, numbers or encodes the shape (a test
+checks it), and with ``text_filler = 0`` items of one (brand, colour) cell have identical text.
 
 **Users** :math:`u = 1..U`: a favourite colour :math:`f_u`; a length :math:`n_u \sim
 \mathcal{U}\{\text{min\_length}, \dots, \text{max\_length}\}`; increasing timestamps. Given the current
@@ -90,7 +91,7 @@ __all__ = [
     "shape_name",
 ]
 
-GENERATOR_VERSION = 1  #: bump when the generator changes, so stale folders are refused
+GENERATOR_VERSION = 2  #: bump when the generator changes, so stale folders are refused
 _SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "ring")
 _SHAPES += ("bar", "hexagon", "crescent", "arrow", "halfdisc")
 _COLOURS = {
@@ -257,8 +258,8 @@ def _items_table(cfg: SyntheticConfig, attrs: np.ndarray, rng: np.random.Generat
     for item in tqdm(range(1, cfg.items + 1), desc="synthetic images", delay=2.0, leave=False):
         shape, brand, colour = (int(v) for v in attrs[item])
         words = (brand_word(brand), colour_word(colour))
-        titles.append(f"{words[0]} {words[1]} item")
-        texts.append(" ".join([f"Brand: {words[0]}. Colour: {words[1]}.", *fillers[item - 1]]))
+        titles.append(f"{words[0]} {words[1]}")
+        texts.append(" ".join(fillers[item - 1]) or None)
         images.append(_render(shape, colour, cfg.image_size, rng))
     ids = list(range(1, cfg.items + 1))
     source = [f"synthetic-{i:06d}" for i in ids]

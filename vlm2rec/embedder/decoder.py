@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlm2rec.config import EmbedderConfig
 from vlm2rec.data.catalogue import Catalogue
@@ -95,6 +96,11 @@ class DecoderEmbedder(Embedder):
             _pixel_budget(self.image_processor, cfg.max_pixels),
         )
         self.texts = TextClipper(catalogue, self.tokenizer, cfg.max_text_tokens)
+        # A frozen vision tower is a fixed function of the image (no dropout in Qwen2-VL's ViT):
+        # its merged patch features are computed once per item and reused by every prompt.
+        visual = unwrap(self.backbone).model.visual
+        self.vision_frozen = not any(p.requires_grad for p in visual.parameters())
+        self._features: dict[int, torch.Tensor] = {}
 
     # ---- prompt assembly -------------------------------------------------------------------
     def _token(self, token_id: int) -> str:
@@ -146,6 +152,23 @@ class DecoderEmbedder(Embedder):
         return inputs
 
     # ---- forward ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def image_features(self, image_ids: list[int]) -> tuple[torch.Tensor, ...]:
+        """Frozen vision tower outputs ``[tokens_i, D]`` per image, computed once per item."""
+        missing = sorted(set(image_ids) - self._features.keys())
+        if missing:
+            core = unwrap(self.backbone).model
+            cached = [self.images.get(i) for i in missing]
+            pixels = torch.cat([c["pixel_values"] for c in cached]).to(self.device)  # [sum P, d]
+            grid = torch.stack([c["image_grid_thw"] for c in cached]).to(self.device)  # [I, 3]
+            feats = core.get_image_features(pixels, grid, return_dict=True).pooler_output
+            self._features.update(zip(missing, (f.detach() for f in feats), strict=True))
+        return tuple(self._features[i].to(self.device) for i in image_ids)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        self._features.clear()  # .to(device/dtype) invalidates the cached vision features
+        return super()._apply(fn, recurse)
+
     def encode_prompts(
         self, prompts: list[str], image_ids: list[int], padding_side: str = "left"
     ) -> torch.Tensor:
@@ -162,13 +185,19 @@ class DecoderEmbedder(Embedder):
             image_grid_thw=grid,
             attention_mask=inputs["attention_mask"],
         )  # [3, B, S]
+        vision: dict[str, Any] = {"pixel_values": inputs.get("pixel_values")}
+        if self.vision_frozen and image_ids:
+            # Qwen2VLModel.get_image_features returns pooler_output split per image: a tuple.
+            feats = self.image_features(image_ids)
+            cached = BaseModelOutputWithPooling(pooler_output=feats)  # type: ignore[arg-type]
+            vision = {"mm_encoder_outputs": {"image": cached}}
         out = core(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
             position_ids=positions,
-            pixel_values=inputs.get("pixel_values"),
             image_grid_thw=grid,
             use_cache=False,
+            **vision,
         )
         return l2_normalise(last_token_pool(out.last_hidden_state, inputs["attention_mask"]))
 

@@ -1,0 +1,115 @@
+"""Score an embedder on a split: catalogue pass, sequence pass, full ranking, diagnostics.
+
+Work is sharded over data-parallel ranks (each rank embeds a slice of the catalogue and ranks a
+slice of the users; slices are gathered), so every rank returns the same metric dict. The maths
+lives in ``evaluate``, ``metrics`` and ``diagnostics``; this module only moves tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from vlm2rec.config import EvalConfig
+from vlm2rec.data.splits import EvalExamples
+from vlm2rec.diagnostics import embedding_diagnostics, modality_diagnostics
+from vlm2rec.distributed import DistInfo, all_gather_no_grad
+from vlm2rec.embedder import Embedder
+from vlm2rec.evaluate import rank_targets
+from vlm2rec.metrics import ranking_metrics
+
+__all__ = ["autocast", "embed_catalogue", "evaluate_model"]
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast on CUDA, nothing on CPU (CPU bf16 is slower than fp32 for these sizes)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _gather_rows(local: torch.Tensor, total: int, dist: DistInfo) -> torch.Tensor:
+    """Concatenate equal-sized per-rank slices [n, ...] and trim the padding to ``total`` rows."""
+    if not dist.is_distributed:
+        return local[:total]
+    return all_gather_no_grad(local)[:total]
+
+
+def _shard(n: int, dist: DistInfo) -> torch.Tensor:
+    """Indices of this rank's contiguous slice of range(n), padded (with 0) to ceil(n / W)."""
+    per = -(-n // dist.world_size)
+    idx = torch.arange(dist.rank * per, (dist.rank + 1) * per)
+    return torch.where(idx < n, idx, torch.zeros_like(idx))
+
+
+@torch.no_grad()
+def embed_catalogue(
+    embedder: Embedder, view: str, batch_size: int, dist: DistInfo, device: torch.device
+) -> torch.Tensor:
+    """Item embeddings of one view, ``[num_items + 1, D]`` float32, row 0 = zeros (padding)."""
+    n = embedder.catalogue.num_items
+    ids = _shard(n, dist) + 1  # item ids are 1..n
+    parts = []
+    with autocast(device):
+        for chunk in ids.split(batch_size):
+            parts.append(embedder.encode_items(chunk.to(device), view).float())  # type: ignore[arg-type]
+    local = torch.cat(parts)
+    items = _gather_rows(local, n, dist)
+    return torch.cat([torch.zeros_like(items[:1]), items])
+
+
+@torch.no_grad()
+def _embed_sequences(
+    embedder: Embedder, histories: torch.Tensor, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    parts = []
+    with autocast(device):
+        for chunk in histories.split(batch_size):
+            parts.append(embedder.encode_sequences(chunk.to(device)).float())
+    return torch.cat(parts)
+
+
+def evaluate_model(
+    embedder: Embedder, examples: EvalExamples, split: str, cfg: EvalConfig, dist: DistInfo
+) -> dict[str, float]:
+    """All ``{split}/*`` metrics of DESIGN.md rule 2 for the views in ``cfg.views``."""
+    device = torch.device(dist.device)
+    was_training = embedder.training
+    embedder.eval()
+    try:
+        items = {
+            v: embed_catalogue(embedder, v, cfg.item_batch_size, dist, device) for v in cfg.views
+        }
+        users = _shard(len(examples.targets), dist)
+        histories = torch.as_tensor(examples.histories)[users]
+        queries = _embed_sequences(embedder, histories, cfg.user_batch_size, device)
+        indptr = torch.as_tensor(examples.seen_indptr)
+        seen = torch.as_tensor(examples.seen_items)
+        # Rank only this rank's users: rebuild a CSR restricted to them.
+        lo, hi = indptr[users], indptr[users + 1]
+        local_indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(hi - lo, 0)])
+        local_seen = torch.cat(
+            [seen[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)] or [seen[:0]]
+        )
+        targets = torch.as_tensor(examples.targets)[users]
+        metrics: dict[str, float] = {}
+        for view, vectors in items.items():
+            ranks = rank_targets(
+                queries,
+                vectors,
+                targets.to(device),
+                local_indptr.to(device),
+                local_seen.to(device),
+                user_batch_size=cfg.user_batch_size,
+                item_chunk=cfg.item_chunk,
+            )
+            ranks = _gather_rows(ranks, len(examples.targets), dist)
+            suffix = "" if view == "both" else f"/{view}"
+            metrics.update(ranking_metrics(ranks, split, suffix=suffix))
+        if {"text", "image"} <= items.keys():
+            metrics.update(modality_diagnostics(metrics, split))
+            metrics.update(embedding_diagnostics(items, split))
+        return metrics
+    finally:
+        embedder.train(was_training)

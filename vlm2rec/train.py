@@ -1,0 +1,329 @@
+"""``fit()``: VLM2Rec fine-tuning, identical under one process, ``torchrun`` and Ray Train.
+
+The launcher owns the process group and passes a :class:`~vlm2rec.distributed.DistInfo`; ``fit`` wraps
+the embedder in plain ``DistributedDataParallel`` when ``world_size > 1``. Each micro-step:
+
+1. every rank encodes its slice of the global batch (sequence ``u`` and the target's three views);
+2. the slices are all-gathered with autograd (``distributed.all_gather_with_grad``), so every rank
+   evaluates the *global* VLM2Rec loss (``losses.vlm2rec_loss``): the weak-modality choice and the
+   in-batch negatives are those of the whole batch;
+3. backward; DDP averages the gradients, which with the gather's summed backward equals the gradient
+   of the global loss in one process (the convention stated and tested in ``distributed.py``).
+
+Each epoch ends with validation (every ``eval.every_epochs``), a checkpoint (rank 0) and one
+``reporter.report`` call on every rank. The last report also carries the ``test/*`` metrics of the
+best checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vlm2rec.checkpoint import (
+    Progress,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from vlm2rec.config import RunConfig, to_dict
+from vlm2rec.data.catalogue import Catalogue
+from vlm2rec.data.loader import SequenceBatch, train_loader
+from vlm2rec.data.splits import Splits, make_splits
+from vlm2rec.data.synthetic import ensure_dataset
+from vlm2rec.distributed import (
+    DistInfo,
+    all_gather_no_grad,
+    all_gather_with_grad,
+    all_reduce_mean,
+    barrier,
+)
+from vlm2rec.embedder import Embedder, build_embedder
+from vlm2rec.losses import vlm2rec_loss
+from vlm2rec.model_eval import autocast, evaluate_model
+from vlm2rec.reporting import NullReporter, Reporter
+
+__all__ = ["FitResult", "NonFiniteLossError", "RunState", "build_run", "fit", "lr_factor"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the message names the epoch, step and every loss part."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What a finished run hands back."""
+
+    best_epoch: int  #: 1-based epoch of the best validation metric
+    best_metric: float  #: its value
+    best_val: dict[str, float]  #: every metric reported at the best epoch
+    test: dict[str, float]  #: test/* metrics of the best checkpoint
+    history: list[dict[str, float]]  #: one dict per epoch, as reported
+    checkpoint_dir: Path | None  #: last checkpoint folder (holds best.safetensors), rank 0 only
+
+
+@dataclasses.dataclass
+class RunState:
+    """The objects one run is made of (built by :func:`build_run`, reused by the CLI)."""
+
+    cfg: RunConfig
+    splits: Splits
+    catalogue: Catalogue
+    embedder: Embedder
+    device: torch.device
+    fingerprint: str
+
+
+def _device(cfg: RunConfig, dist: DistInfo) -> torch.device:
+    if dist.device != "cpu" or cfg.train.device == "cpu":
+        return torch.device(dist.device)
+    if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
+
+
+def build_run(cfg: RunConfig, dist: DistInfo) -> RunState:
+    """Dataset (built on rank 0 if missing), splits, catalogue and embedder, on every rank."""
+    if dist.is_main:
+        ensure_dataset(cfg.data)
+    barrier(dist)
+    ds = ensure_dataset(cfg.data)
+    splits = make_splits(ds.interactions, cfg.data.history_length, cfg.data.min_sequence_length)
+    catalogue = Catalogue.from_dataset(ds)
+    device = _device(cfg, dist)
+    embedder = build_embedder(cfg.embedder, catalogue, seed=cfg.seed, device=device)
+    return RunState(cfg, splits, catalogue, embedder, device, ds.fingerprint)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    r"""Linear warm-up then cosine decay: :math:`f = s/w` for :math:`s < w`, else
+    :math:`f = m + (1-m)\,\tfrac12(1 + \cos(\pi\,(s-w)/(T-w)))` with floor ``min_ratio`` = m."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def _train_epoch(
+    model: nn.Module,
+    batches: Iterable[SequenceBatch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: RunConfig,
+    dist: DistInfo,
+    device: torch.device,
+    epoch: int,
+) -> dict[str, float]:
+    """One pass over this rank's batches; returns the mean of every loss part (``train/*``)."""
+    sums: dict[str, float] = defaultdict(float)
+    steps = 0
+    accum = cfg.optim.grad_accum_steps
+    params = [p for p in model.parameters() if p.requires_grad]
+    lc = cfg.loss
+    optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(batches):
+        batch = batch.to(device)
+        sync = (i + 1) % accum == 0
+        # Gradients are synchronised only on the micro-step that ends an accumulation window.
+        skip_sync = isinstance(model, nn.parallel.DistributedDataParallel) and not sync
+        with model.no_sync() if skip_sync else contextlib.nullcontext(), autocast(device):  # type: ignore[operator]
+            u, v = model(batch.histories, batch.targets)  # [b, D], {view: [b, D]}
+            views = [u, v["both"], v["text"], v["image"]]
+            item_ids = batch.targets
+            if lc.gather:  # global in-batch negatives: 4 x [W*b, D]
+                views = [all_gather_with_grad(t) for t in views]
+                item_ids = all_gather_no_grad(item_ids)
+            seq, both, text, image = views
+            parts = vlm2rec_loss(
+                seq,
+                both,
+                text,
+                image,
+                item_ids,
+                temperature=lc.temperature,
+                alpha=lc.alpha,
+                beta=lc.beta,
+                topology_temperature=lc.topology_temperature,
+                penalty_variant=lc.penalty_variant,
+                weak_modality=lc.weak_modality,
+                topology_variant=lc.topology_variant,
+            )
+        loss = parts["loss"]
+        if not torch.isfinite(loss):
+            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {i + 1}: {detail}")
+        (loss / accum).backward()
+        if sync:
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        for k, v in parts.items():
+            sums[f"train/{k}"] += float(v.detach())
+        steps += 1
+    means = {k: v / max(1, steps) for k, v in sums.items()}
+    means["train/lr"] = float(scheduler.get_last_lr()[0])
+    return all_reduce_mean(means, dist)
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _test_best(run: RunState, best: dict[str, torch.Tensor], dist: DistInfo) -> dict[str, float]:
+    """``test/*`` metrics with the best weights swapped in (current weights restored afterwards)."""
+    current = _clone(run.embedder.trainable_state_dict())
+    run.embedder.load_trainable_state_dict(best)
+    try:
+        return evaluate_model(run.embedder, run.splits.test, "test", run.cfg.eval, dist)
+    finally:
+        run.embedder.load_trainable_state_dict(current)
+
+
+def _optimiser(
+    cfg: RunConfig, params: list[nn.Parameter], steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    total = cfg.train.epochs * steps_per_epoch
+    warmup = int(o.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, o.min_lr_ratio)
+    )
+    return optimizer, scheduler
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def fit(
+    cfg: RunConfig,
+    dist: DistInfo | None = None,
+    reporter: Reporter | None = None,
+    resume_from: str | Path | None = None,
+    checkpoint_root: str | Path | None = None,
+) -> FitResult:
+    """Train, validate each epoch, checkpoint, and test the best checkpoint at the end.
+
+    ``resume_from`` is a checkpoint folder written by a previous call (continues exactly, on CPU with
+    the same seed). Checkpoints go to ``checkpoint_root/epoch_XXXX`` (a temporary folder if ``None``).
+    """
+    dist = dist or DistInfo()
+    reporter = reporter or NullReporter()
+    torch.manual_seed(
+        cfg.seed + dist.rank
+    )  # per-rank streams (dropout); model init is seeded apart
+    run = build_run(cfg, dist)
+    model: nn.Module = run.embedder  # its forward() encodes sequences and the three views
+    if dist.is_distributed:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=True
+        )
+    loader = train_loader(
+        run.splits.train,
+        cfg.train.batch_size,
+        dist.rank,
+        dist.world_size,
+        cfg.seed,
+        cfg.data.loader_workers,
+    )
+    params = [p for p in run.embedder.parameters() if p.requires_grad]
+    optimizer, scheduler = _optimiser(
+        cfg, params, max(1, len(loader) // cfg.optim.grad_accum_steps)
+    )
+    progress, best = Progress(), _clone(run.embedder.trainable_state_dict())
+    if resume_from is not None:
+        weights, best, state, progress = load_checkpoint(Path(resume_from))
+        run.embedder.load_trainable_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and run.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
+    root = Path(checkpoint_root) if checkpoint_root else Path(tempfile.mkdtemp(prefix="vlm2rec-"))
+    val = (
+        run.splits.val.subsample(cfg.eval.val_users, cfg.seed)
+        if cfg.eval.val_users
+        else run.splits.val
+    )
+    ckpt: Path | None = None
+    for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
+        t0 = time.perf_counter()
+        loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        metrics = {"epoch": float(epoch)}
+        metrics.update(
+            _train_epoch(model, loader, optimizer, scheduler, cfg, dist, run.device, epoch)
+        )
+        stop = False
+        if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.epochs:
+            metrics.update(evaluate_model(run.embedder, val, "val", cfg.eval, dist))
+            value = metrics[cfg.eval.metric]
+            if np.isfinite(value) and _is_better(value, progress.best_metric, cfg.eval.mode):
+                progress.best_metric, progress.best_epoch, progress.bad_validations = (
+                    value,
+                    epoch,
+                    0,
+                )
+                best = _clone(run.embedder.trainable_state_dict())
+            else:
+                progress.bad_validations += 1
+            patience = cfg.train.early_stopping_patience
+            stop = patience > 0 and progress.bad_validations >= patience
+        if epoch == cfg.train.epochs or stop:
+            metrics.update(_test_best(run, best, dist))
+        metrics["time/epoch_s"] = time.perf_counter() - t0
+        progress.epoch = epoch
+        progress.history.append(metrics)
+        if dist.is_main:
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(run.device),
+            }
+            ckpt = save_checkpoint(
+                root / f"epoch_{epoch:04d}",
+                run.embedder.trainable_state_dict(),
+                best,
+                state,
+                progress,
+                to_dict(cfg),
+            )
+            prune_checkpoints(root, cfg.train.keep_checkpoints)
+        reporter.report(metrics, epoch, ckpt if dist.is_main else None)
+        if stop:
+            break
+    return _result(progress, ckpt, root)
+
+
+def _result(progress: Progress, ckpt: Path | None, root: Path) -> FitResult:
+    hist = progress.history
+    best_row = hist[progress.best_epoch - 1] if progress.best_epoch else (hist[-1] if hist else {})
+    return FitResult(
+        best_epoch=progress.best_epoch,
+        best_metric=float("nan") if progress.best_metric is None else progress.best_metric,
+        best_val={k: v for k, v in best_row.items() if k.startswith("val/")},
+        test={k: v for k, v in (hist[-1] if hist else {}).items() if k.startswith("test/")},
+        history=hist,
+        checkpoint_dir=ckpt or latest_checkpoint(root),
+    )
