@@ -1,0 +1,269 @@
+r"""Modality collapse on the synthetic benchmark: plain contrastive SFT vs VLM2Rec (METHOD.md §7, §9).
+
+Two methods, the same data, model, budget and seeds, trained side by side:
+
+* ``baseline``: plain contrastive SFT, :math:`\alpha = \beta = 0` (METHOD.md §3);
+* ``vlm2rec``: METHOD.md's defaults, :math:`\alpha = 0.5` (WPCL ``reweight``), :math:`\beta = 0.1`
+  (CRTR ``strong_to_weak``).
+
+Each run is a subprocess ``python -m vlm2rec.cli train`` with one thread, so ``--workers`` runs share
+the cores without oversubscribing them; each run's own command line (with its seed) is recorded so any
+row of the result can be reproduced alone. The table shows, at the first and the last epoch, the mean
+± standard deviation over seeds of ``val/ndcg@10`` for the ``both``, ``text`` and ``image`` item views,
+``val/modality_balance`` and the image view's collapse detectors (``val/anisotropy_image``,
+``val/erank_image``). The last printed line is the headline: the ratio
+
+.. math:: r = \frac{\overline{\mathrm{NDCG@10}}_{\text{vlm2rec}}}{\overline{\mathrm{NDCG@10}}_{\text{baseline}}}
+
+of the seed-mean fused ``val/ndcg@10`` at the last epoch (``r > 1``: VLM2Rec ahead).
+
+Note: with pessimistic ties (METHOD.md §1) the text view of items that share a text (every brand x
+colour text is shared by shapes x copies items in the collapse setting) ranks them all ahead of the
+target, so ``val/ndcg@10/text`` is 0 and ``val/modality_balance`` is 0 by construction there; the
+fused score and the image-view detectors carry the signal.
+
+Usage::
+
+    python bench/collapse.py                       # defaults: the measured ~20 min setting
+    python bench/collapse.py --epochs 2 --seeds 0  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# bench/ is a folder of scripts, not a package: put it on the path so `common` imports from anywhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS_DIR, headline, mean_std, write_result
+
+__all__ = ["METHODS", "TABLE_KEYS", "build_command", "main", "summarise"]
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "search_spaces" / "base" / "collapse.toml"
+
+#: method name -> overrides that define it (on top of the base config and the shared overrides)
+METHODS: dict[str, dict[str, Any]] = {
+    "baseline": {"loss.alpha": 0.0, "loss.beta": 0.0},
+    "vlm2rec": {
+        "loss.alpha": 0.5,
+        "loss.beta": 0.1,
+        "loss.penalty_variant": "reweight",
+        "loss.topology_variant": "strong_to_weak",
+    },
+}
+
+#: (metric key, short column name) of the table, in print order
+TABLE_KEYS: tuple[tuple[str, str], ...] = (
+    ("val/ndcg@10", "ndcg@10 both"),
+    ("val/ndcg@10/text", "text"),
+    ("val/ndcg@10/image", "image"),
+    ("val/modality_balance", "balance"),
+    ("val/anisotropy_image", "aniso img"),
+    ("val/erank_image", "erank img"),
+)
+
+
+def _fmt_value(value: Any) -> str:
+    """A value as ``--set`` reads it (TOML): strings quoted only when TOML would not parse them."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def build_command(
+    config: Path, overrides: Mapping[str, Any], out: Path, python: str = sys.executable
+) -> list[str]:
+    """The single-run CLI command that trains one (method, seed) cell."""
+    cmd = [python, "-m", "vlm2rec.cli", "train", "--config", str(config), "--out", str(out)]
+    for key, value in overrides.items():
+        cmd += ["--set", f"{key}={_fmt_value(value)}"]
+    return cmd
+
+
+def _one_thread_env() -> dict[str, str]:
+    # One BLAS/OpenMP thread per run: --workers runs then use --workers cores without contention.
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _read_history(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _run_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """Train one (method, seed) run in a subprocess; return its record (history, wall time, rc)."""
+    out = Path(cell["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with (out / "console.log").open("w") as log:
+        proc = subprocess.run(
+            cell["argv"], cwd=ROOT, env=_one_thread_env(), stdout=log, stderr=subprocess.STDOUT
+        )
+    wall = time.perf_counter() - t0
+    history = _read_history(out)
+    final = json.loads((out / "final.json").read_text()) if (out / "final.json").exists() else {}
+    record = {k: cell[k] for k in ("method", "seed", "command", "out")}
+    record.update(returncode=proc.returncode, wall_s=round(wall, 1), history=history)
+    record["test"] = final.get("test", {})
+    record["best_epoch"] = final.get("best_epoch")
+    tail = (out / "console.log").read_text().splitlines()[-3:]
+    status = "ok" if proc.returncode == 0 else f"FAILED rc={proc.returncode}: {' | '.join(tail)}"
+    print(f"[{cell['method']} seed {cell['seed']}] {wall:.0f}s {status}", flush=True)
+    return record
+
+
+def _cells(args: argparse.Namespace, shared: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Seed-major order so that, if the job is cut short, finished runs come in method pairs."""
+    cells = []
+    for seed in args.seeds:
+        for method in args.methods:
+            over = {**shared, **METHODS[method], "seed": seed}
+            out = args.runs / f"{method}-s{seed}"
+            argv = build_command(args.config, over, out)
+            shown = ["python", *argv[1:]]  # the interpreter path is this machine's only
+            cells.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "out": str(out),
+                    "argv": argv,
+                    "command": shlex.join(shown),
+                }
+            )
+    return cells
+
+
+def summarise(
+    records: Sequence[Mapping[str, Any]], methods: Sequence[str]
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``{method: {"first"|"last": {key: [mean, std, n]}}}`` over the runs that finished."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for method in methods:
+        runs = [r for r in records if r["method"] == method and r["history"]]
+        out[method] = {}
+        for when, idx in (("first", 0), ("last", -1)):
+            row = {}
+            for key, _ in TABLE_KEYS:
+                vals = [float(r["history"][idx][key]) for r in runs if key in r["history"][idx]]
+                m, s = mean_std(vals)
+                row[key] = [m, s, float(len(vals))]
+            out[method][when] = row
+    return out
+
+
+def _print_table(summary: Mapping[str, Any], epochs: Mapping[str, tuple[int, int]]) -> None:
+    cols = [name for _, name in TABLE_KEYS]
+    head = f"{'method':<9} {'epoch':>5} " + " ".join(f"{c:>15}" for c in cols)
+    print(head)
+    print("-" * len(head))
+    for method, rows in summary.items():
+        for when, row in rows.items():
+            epoch = epochs[method][0 if when == "first" else 1]
+            cells = " ".join(f"{row[k][0]:>7.3f} ± {row[k][1]:<5.3f}" for k, _ in TABLE_KEYS)
+            print(f"{method:<9} {epoch:>5} {cells}")
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="base run config (TOML)")
+    p.add_argument("--epochs", type=int, default=12, help="epochs per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="model/shuffle seeds")
+    p.add_argument("--users", type=int, default=1000, help="synthetic users (data.synthetic.users)")
+    p.add_argument("--model", default="tiny-clip", help="embedder.name")
+    p.add_argument("--workers", type=int, default=2, help="runs trained at once (one core each)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override, both methods",
+    )
+    p.add_argument(
+        "--runs", type=Path, default=ROOT / "runs" / "bench-collapse", help="run folders"
+    )
+    p.add_argument("--data-root", type=Path, default=ROOT / "data", help="where datasets are built")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "collapse.json", help="result JSON")
+    return p.parse_args(argv)
+
+
+def _shared_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Overrides both methods share; the dataset folder is named by its knobs so that a change of
+    ``--users`` (or of a ``data.synthetic.*`` knob) never meets a folder built with other knobs."""
+    from vlm2rec.config import config_hash, load_config, parse_override
+
+    extra = dict(parse_override(s) for s in args.set)
+    shared: dict[str, Any] = {
+        "embedder.name": args.model,
+        "train.epochs": args.epochs,
+        "data.synthetic.users": args.users,
+        **extra,
+    }
+    synth = load_config(args.config, shared).data.synthetic
+    shared["data.path"] = str(args.data_root / f"bench-collapse-{config_hash(synth)}")
+    return shared
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    from vlm2rec.config import load_config
+    from vlm2rec.data.synthetic import ensure_dataset
+
+    shared = _shared_overrides(args)
+    ensure_dataset(load_config(args.config, shared).data)  # build once, before the runs race
+    cells = _cells(args, shared)
+    print(f"{len(cells)} runs, {args.workers} at a time; logs under {args.runs}", flush=True)
+    t0 = time.perf_counter()
+    with futures.ThreadPoolExecutor(max_workers=args.workers) as pool:
+        records = list(pool.map(_run_cell, cells))
+    wall = time.perf_counter() - t0
+    summary = summarise(records, args.methods)
+    epochs = {
+        m: (1, max((len(r["history"]) for r in records if r["method"] == m), default=0))
+        for m in args.methods
+    }
+    _print_table(summary, epochs)
+    ratio = float("nan")
+    if {"baseline", "vlm2rec"} <= set(args.methods):
+        base = summary["baseline"]["last"]["val/ndcg@10"][0]
+        ratio = summary["vlm2rec"]["last"]["val/ndcg@10"][0] / base if base > 0 else float("nan")
+    head = headline("vlm2rec / baseline val/ndcg@10 (both view, last epoch)", ratio, "x")
+    payload = {
+        "setting": {
+            "config": str(
+                args.config.relative_to(ROOT) if args.config.is_absolute() else args.config
+            ),
+            "shared_overrides": shared,
+            "methods": {m: METHODS[m] for m in args.methods},
+            "epochs": args.epochs,
+            "seeds": args.seeds,
+            "workers": args.workers,
+            "threads_per_run": 1,
+        },
+        "wall_s": round(wall, 1),
+        "summary": summary,
+        "runs": [{k: v for k, v in r.items() if k != "out"} for r in records],
+    }
+    path = write_result("collapse", head, payload, out=args.out)
+    print(f"wrote {path}; total wall {wall:.0f}s")
+    print(f"headline: {head['name']} = {ratio:.3f}{head['unit']}")
+    return 0 if all(r["returncode"] == 0 for r in records) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
