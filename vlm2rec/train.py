@@ -165,7 +165,7 @@ def _train_epoch(
             )
         loss = parts["loss"]
         if not torch.isfinite(loss):
-            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {i + 1}: {detail}")
         (loss / accum).backward()
         if sync:
