@@ -7,6 +7,7 @@ DESIGN.md rule 4 asks); this module only translates Ray's context into the libra
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from collections.abc import Mapping
@@ -63,8 +64,16 @@ def _resume_dir() -> Path | None:
     return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="vlm2rec-resume-")))
 
 
+def _quiet_train_reports() -> None:
+    """Ray Train logs every report of every rank with all its metrics at INFO: ~70 numbers per line."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """``loop_config = {"run": <RunConfig as dict>, "threads": <torch threads per worker>}``."""
+    _quiet_train_reports()
     torch.set_num_threads(int(loop_config.get("threads", 1)))
     cfg: RunConfig = from_dict(loop_config["run"])
     local = Path(tempfile.mkdtemp(prefix="vlm2rec-ckpt-"))
