@@ -74,7 +74,9 @@ def evaluate_model(
     embedder: Embedder, examples: EvalExamples, split: str, cfg: EvalConfig, dist: DistInfo
 ) -> dict[str, float]:
     """All ``{split}/*`` metrics of DESIGN.md rule 2 for the views in ``cfg.views``."""
-    device = torch.device(dist.device)
+    # The weights' device, not dist.device: a single process gets DistInfo() ("cpu") even when
+    # fit()/the CLI placed the model on CUDA (train.device = auto), and autocast must follow it.
+    device = embedder.device
     was_training = embedder.training
     embedder.eval()
     try:
