@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from vlm2rec.config import SyntheticConfig
@@ -32,3 +34,28 @@ def tiny_synthetic_config() -> SyntheticConfig:
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> PreparedDataset:
     """A small synthetic prepared dataset on disk (read-only for tests: copy before changing it)."""
     return prepare_synthetic(TINY_SYNTHETIC, tmp_path_factory.mktemp("tiny_synthetic"))
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One local Ray instance shared by every Ray test (start-up costs ~10 s).
+
+    Logical CPUs may exceed physical cores (RAY.md): 4 lets a trial driver (0.5 CPU) and its two
+    0.5-CPU Train workers run beside a second trial. The dashboard stays on: Train needs it to free
+    the workers of trials that ASHA stops.
+    """
+    import os
+
+    import ray
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    for key, value in {
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+        "RAY_TRAIN_METRICS_ENABLED": "0",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }.items():
+        os.environ.setdefault(key, value)
+    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1")
+    yield
+    ray.shutdown()

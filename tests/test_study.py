@@ -1,0 +1,151 @@
+"""End-to-end local study on Ray: reference + grid trials, ASHA, a failing trial, leaderboard,
+TensorBoard read back with TensorBoard's own reader, and a rerun that reports the study finished."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from study import run_search
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+BASE = """
+seed = 0
+[data]
+path = "{data}"
+history_length = 3
+[data.synthetic]
+users = 60
+items = 32
+shapes = 4
+brands = 4
+colours = 2
+min_length = 5
+max_length = 8
+image_size = 16
+[embedder]
+name = "tiny-clip"
+finetune = "full"
+[train]
+epochs = 2
+batch_size = 16
+"""
+
+SPACE = """
+base = "base.toml"
+[study]
+name = "e2e"
+sampler = "grid"
+num_samples = 4
+scheduler = "asha"
+max_t = 2
+grace_period = 1
+reduction_factor = 2
+workers_per_trial = 2
+cpus_per_worker = 0.5
+max_concurrent_trials = 1
+reference = true
+[params."loss.alpha"]
+type = "categorical"
+choices = [0.1, 1.0]
+[params."embedder.name"]
+type = "categorical"
+choices = ["tiny-clip", "{missing}"]
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_study(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    (root / "base.toml").write_text(BASE.format(data=root / "data"))
+    (root / "space.toml").write_text(SPACE.format(missing=root / "no-such-model"))
+    argv = ["--space", str(root / "space.toml"), "--storage", str(root / "studies")]
+    assert run_search.main(argv) == 0
+    return root / "studies" / "e2e"
+
+
+def test_leaderboard_has_one_row_per_trial_and_the_reference(finished_study: Path) -> None:
+    table = pq.read_table(finished_study / "leaderboard.parquet")
+    rows = table.to_pylist()
+    assert len(rows) == 5  # 2 x 2 grid + the alpha = beta = 0 reference
+    for col in (
+        "study",
+        "trial_id",
+        "kind",
+        "status",
+        "error",
+        "param.loss.alpha",
+        "param.embedder.name",
+        "best_epoch",
+        "val/ndcg@10",
+        "val/ndcg@10/image",
+        "test/ndcg@10",
+        "epochs",
+        "wall_s",
+        "gpu_s",
+        "checkpoint_path",
+        "config",
+        "command",
+        "seed",
+        "config_hash",
+        "data_fingerprint",
+        "git_sha",
+        "torch_version",
+        "rank",
+    ):
+        assert col in table.column_names, col
+    (ref,) = [r for r in rows if r["kind"] == "reference"]
+    assert ref["param.loss.alpha"] == 0.0 and ref["status"] == "completed"
+    assert 0.0 <= ref["test/ndcg@10"] <= 1.0
+    assert json.loads(ref["config"])["loss"]["beta"] == 0.0
+
+
+def test_failing_trials_are_error_rows_and_the_study_goes_on(finished_study: Path) -> None:
+    rows = pq.read_table(finished_study / "leaderboard.parquet").to_pylist()
+    failed = [r for r in rows if r["param.embedder.name"].endswith("no-such-model")]
+    assert len(failed) == 2
+    assert all(r["status"] == "error" and "no-such-model" in r["error"] for r in failed)
+    assert all(r["rank"] is None for r in failed)
+    good = [r for r in rows if r["kind"] == "search" and r not in failed]
+    assert {r["status"] for r in good} <= {"completed", "stopped_early"}
+    assert sorted(r["rank"] for r in rows if r["rank"] is not None) == [1, 2, 3]
+
+
+def test_tensorboard_runs_have_scalars_and_hparams(finished_study: Path) -> None:
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(finished_study / "tensorboard"))
+    mux.Reload()
+    runs = mux.Runs()
+    assert len(runs) == 5
+    completed = [r for r in runs if "val/ndcg@10" in mux.GetAccumulator(r).Tags()["scalars"]]
+    assert len(completed) >= 2  # reference + at least one searched trial reported epochs
+    for run in completed:
+        tags = mux.GetAccumulator(run).Tags()["scalars"]
+        assert {"train/loss", "val/ndcg@10/text", "val/modality_balance"} <= set(tags)
+    hparams = mux.PluginRunToTagToContent("hparams")
+    assert len(hparams) == 5  # every trial, the failed ones and the reference included
+
+
+def test_rerun_of_a_finished_study_says_so(
+    finished_study: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = finished_study.parents[1]
+    argv = ["--space", str(root / "space.toml"), "--storage", str(root / "studies")]
+    assert run_search.main(argv) == 0
+    assert "is finished" in capsys.readouterr().out
+
+
+def test_trial_command_reproduces_a_run_config(finished_study: Path) -> None:
+    from vlm2rec.config import load_config
+
+    rows = pq.read_table(finished_study / "leaderboard.parquet").to_pylist()
+    ref = next(r for r in rows if r["kind"] == "reference")
+    config_file = ref["command"].split("--config ")[1].split()[0]
+    cfg = load_config(config_file)
+    assert cfg.loss.alpha == 0.0 and cfg.seed == ref["seed"]
