@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -118,6 +120,32 @@ def _optuna_storage(study_dir: Path) -> Any:
     return optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
 
 
+def _fit_interrupted(tuner: tune.Tuner) -> bool:
+    """Run ``tuner.fit()``; True if Ctrl-C (SIGINT) stopped it.
+
+    On the first SIGINT Tune saves its state, stops the trials and *returns normally*; the only
+    trace is that its handler puts back the handler it found. So we install a marker handler
+    first: still in place after ``fit()`` means Tune's handler fired. (Without Tune's handler,
+    ``TUNE_DISABLE_SIGINT_HANDLER=1``, the marker itself raises ``KeyboardInterrupt``.)
+    """
+
+    def marker(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, marker)
+    try:
+        grid = tuner.fit()
+        tune_handled = signal.getsignal(signal.SIGINT) is marker and not int(
+            os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    unfinished = [
+        t for t in grid._experiment_analysis.trials if t.status not in ("TERMINATED", "ERROR")
+    ]
+    return tune_handled or bool(unfinished)
+
+
 def _print_summary(study_dir: Path, metric: str, top: int = 10) -> None:
     frame = read_leaderboard(study_dir / "leaderboard.parquet").to_pandas()
     cols = ["rank", "kind", "status", metric, "best_epoch", "epochs", "wall_s"]
@@ -136,12 +164,14 @@ def run_study(
     spec: SearchSpec, name: str, study_dir: Path, train_storage: str, args: argparse.Namespace
 ) -> int:
     """Run (or resume) the study; returns the process exit code."""
-    from study.run_search import DRIVER_CPUS, preflight
+    from study.run_search import DRIVER_CPUS, EXIT_INTERRUPTED, local_resources, preflight
 
     if (study_dir / DONE).exists():
         print(f"study {name} is finished ({study_dir / DONE}); its leaderboard:")
         _print_summary(study_dir, spec.study.metric)
         return 0
+    if args.address == "local" and not ray.is_initialized() and not args.skip_preflight:
+        preflight(spec, local_resources())  # refuse before paying for a Ray start-up
     base = spec.base_config()
     dataset = ensure_dataset(base.data)  # build the synthetic benchmark once, on the driver
     # With Tune's file loggers off (our records replace them) its result grid warns once per trial
@@ -183,7 +213,12 @@ def run_study(
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), driver)
     start = time.perf_counter()
     for kind in (["reference"] if s.reference else []) + ["search"]:
-        _tuner(kind, spec, study_dir, trainable, ctx, concurrent).fit()
+        if _fit_interrupted(_tuner(kind, spec, study_dir, trainable, ctx, concurrent)):
+            rebuild_leaderboard(ctx)  # what finished so far; the study is not marked done
+            print(f"\ninterrupted: rerun the same command to resume study {name}", flush=True)
+            if started and args.address == "local":
+                ray.shutdown()
+            return EXIT_INTERRUPTED
     rebuild_leaderboard(ctx)
     wall = time.perf_counter() - start
     (study_dir / DONE).write_text(json.dumps({"wall_s": wall, "finished": time.time()}) + "\n")
