@@ -391,7 +391,7 @@ def try_write_report(study_dir: str | Path, top: int = 10) -> Path | None:
     exception, because a finished study must not fail over a plot."""
     try:
         path = write_report(study_dir, top)
-    except Exception as exc:  # noqa: BLE001 - any plotting/IO error is only a warning here
+    except Exception as exc:  # any plotting or IO error is only a warning here
         print(f"warning: study report not written ({type(exc).__name__}: {exc})", flush=True)
         return None
     print(f"report:       {path}", flush=True)
