@@ -244,6 +244,10 @@ def test_early_stopping_stops_and_still_tests(
     assert split_keys("test") <= set(reports[-1])
     assert not any(k.startswith("test/") for r in reports[:-1] for k in r)
     assert res.checkpoint_dir is not None and res.checkpoint_dir.name == "epoch_0003"
+    # resuming a run that stopped early trains nothing more and hands back the same result
+    again = fit(cfg, resume_from=res.checkpoint_dir, checkpoint_root=tmp_path)
+    assert again.history == res.history and again.test == res.test
+    assert again.checkpoint_dir == res.checkpoint_dir
 
 
 def test_val_subsample_and_eval_cadence(

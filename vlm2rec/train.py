@@ -268,7 +268,10 @@ def fit(
         else run.splits.val
     )
     ckpt: Path | None = None
-    for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
+    patience = cfg.train.early_stopping_patience
+    # A run that already stopped early is finished: resuming it must not train further epochs.
+    last = progress.epoch if 0 < patience <= progress.bad_validations else cfg.train.epochs
+    for epoch in range(progress.epoch + 1, last + 1):
         t0 = time.perf_counter()
         loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
         metrics = {"epoch": float(epoch)}
@@ -288,7 +291,6 @@ def fit(
                 best = _clone(run.embedder.trainable_state_dict())
             else:
                 progress.bad_validations += 1
-            patience = cfg.train.early_stopping_patience
             stop = patience > 0 and progress.bad_validations >= patience
         if epoch == cfg.train.epochs or stop:
             metrics.update(_test_best(run, best, dist))
