@@ -3,6 +3,7 @@ and a 2-process gloo run (tiny offline models on the shared 60-user fixture)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -297,6 +298,7 @@ def _free_port() -> int:
 
 
 def _dist_worker(rank: int, port: int, cfg_dict: dict[str, Any], out: str) -> None:
+    """One rank: an uninterrupted run, then the same run killed after epoch 1 and resumed."""
     from vlm2rec.config import from_dict
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
@@ -305,14 +307,16 @@ def _dist_worker(rank: int, port: int, cfg_dict: dict[str, Any], out: str) -> No
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
     )
     try:
-        res = fit(
-            from_dict(cfg_dict),
-            DistInfo(rank, WORLD, rank, "cpu"),
-            checkpoint_root=Path(out) / "ckpt",
+        cfg, dist, root = from_dict(cfg_dict), DistInfo(rank, WORLD, rank, "cpu"), Path(out)
+        res = fit(cfg, dist, checkpoint_root=root / "ckpt")
+        with contextlib.suppress(_Interrupt):  # every rank is killed at the same point
+            fit(cfg, dist, _KillAfter(1), checkpoint_root=root / "cut")
+        resumed = fit(
+            cfg, dist, resume_from=root / "cut" / "epoch_0001", checkpoint_root=root / "cut"
         )
         torch.save(
-            {"history": res.history, "ckpt": str(res.checkpoint_dir)},
-            Path(out) / f"rank{rank}.pt",
+            {"history": res.history, "ckpt": str(res.checkpoint_dir), "resumed": resumed.history},
+            root / f"rank{rank}.pt",
         )
     finally:
         tdist.destroy_process_group()
@@ -320,10 +324,16 @@ def _dist_worker(rank: int, port: int, cfg_dict: dict[str, Any], out: str) -> No
 
 @pytest.mark.dist
 @pytest.mark.slow
-def test_two_gloo_ranks_fit_and_agree(
+def test_two_gloo_ranks_fit_agree_and_resume_exactly(
     data_path: Path, tiny_synthetic_config: SyntheticConfig, tmp_path: Path
 ) -> None:
-    cfg = make_cfg(data_path, tiny_synthetic_config, **{"train.epochs": 2})
+    # LoRA dropout makes each rank's RNG stream part of the result: a resumed run on 2 ranks is
+    # exact only if every rank gets its own stream back, not rank 0's.
+    cfg = make_cfg(
+        data_path,
+        tiny_synthetic_config,
+        **{"train.epochs": 2, "embedder.finetune": "lora", "embedder.lora_dropout": 0.3},
+    )
     mp.spawn(
         _dist_worker,
         args=(_free_port(), to_dict(cfg), str(tmp_path)),
@@ -334,9 +344,9 @@ def test_two_gloo_ranks_fit_and_agree(
     h0, h1 = (r["history"] for r in ranks)
     assert len(h0) == len(h1) == 2
     for a, b in zip(h0, h1, strict=True):
-        val_a = {k: v for k, v in a.items() if k.startswith(("val/", "test/", "train/"))}
-        val_b = {k: v for k, v in b.items() if k.startswith(("val/", "test/", "train/"))}
-        assert val_a == val_b and split_keys("val") <= set(val_a)
+        assert _comparable(a) == _comparable(b) and split_keys("val") <= set(a)
     assert split_keys("test") <= set(h0[-1])
     assert ranks[0]["ckpt"].endswith("epoch_0002")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch_0001", "epoch_0002"]
+    for r in ranks:
+        assert [_comparable(h) for h in r["resumed"]] == [_comparable(h) for h in h0]

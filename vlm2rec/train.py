@@ -209,6 +209,16 @@ def _optimiser(
     return optimizer, scheduler
 
 
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed this rank's torch RNG (dropout) for ``epoch`` from ``(seed, epoch, rank)`` alone.
+
+    A checkpoint holds only rank 0's RNG state, so restoring it gave every rank rank 0's stream
+    and a multi-rank resume diverged from the uninterrupted run; a stream derived from the epoch
+    needs no saved state and resumes exactly on any number of ranks.
+    """
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
+
+
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -274,6 +284,7 @@ def fit(
     for epoch in range(progress.epoch + 1, last + 1):
         t0 = time.perf_counter()
         loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        _seed_epoch(cfg.seed, epoch, dist.rank)
         metrics = {"epoch": float(epoch)}
         metrics.update(
             _train_epoch(model, loader, optimizer, scheduler, cfg, dist, run.device, epoch)
