@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -165,7 +166,7 @@ class StudyRecorder(Callback):
         record["status"] = "error"
         error_file = getattr(trial, "error_file", None)
         text = Path(error_file).read_text() if error_file and Path(error_file).exists() else ""
-        record["error"] = _last_error_line(text) or "trial failed (no error file)"
+        record["error"] = _error_summary(text) or "trial failed (no error file)"
         self._finish(record)
 
     def _finish(self, record: dict[str, Any]) -> None:
@@ -221,8 +222,16 @@ class StudyRecorder(Callback):
         self._writers.pop(record["trial_id"], None)
 
 
-def _last_error_line(text: str) -> str:
-    """The exception line of a traceback (what a leaderboard reader needs first)."""
+def _error_summary(text: str) -> str:
+    """The outermost exception line and the last line of a Tune error file.
+
+    Ray wraps a worker's exception (``WorkerGroupError: Training failed due to worker errors``) and
+    truncates the middle of the worker traceback; its last line is the end of the worker's own
+    message (e.g. ``NonFiniteLossError: non-finite loss at epoch 1, step 2: ...``).
+    """
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "Error" in ln.split(":")[0] or "Exception" in ln.split(":")[0]]
-    return (errors[-1] if errors else (lines[-1] if lines else ""))[:2000]
+    if not lines:
+        return ""
+    outer = next((ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b.*:", ln)), "")
+    parts = [outer, lines[-1]] if outer and outer != lines[-1] else [lines[-1]]
+    return " | ".join(parts)[:2000]

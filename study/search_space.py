@@ -90,6 +90,7 @@ class StudySettings:
     gpus_per_worker: float = 0.0  #: GPUs per worker (0 = CPU training)
     cpus_per_worker: float = 0.5  #: logical CPUs per worker (fractional on small machines)
     max_concurrent_trials: int = 1  #: trials running at once (0 = free GPUs // GPUs per trial)
+    max_failures: int = 2  #: Train worker-group restarts per trial from its last checkpoint
     reference: bool = True  #: also run the alpha = beta = 0 baseline as its own trial
     seeds: tuple[int, ...] = ()  #: >1 seeds: a `seed` grid dimension (grid sampler only)
 
@@ -106,6 +107,7 @@ class StudySettings:
             (self.gpus_per_worker >= 0, "gpus_per_worker", "must be >= 0"),
             (self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0 (Ray rejects CPU: 0)"),
             (self.max_concurrent_trials >= 0, "max_concurrent_trials", "must be >= 0"),
+            (self.max_failures >= 0, "max_failures", "must be >= 0"),
             (len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed"),
         ]
         for ok, key, msg in checks:

@@ -48,13 +48,14 @@ reduction_factor = 2
 workers_per_trial = 2
 cpus_per_worker = 0.5
 max_concurrent_trials = 1
+max_failures = 0           # a non-finite loss is deterministic: retrying it only costs time
 reference = true
 [params."loss.alpha"]
 type = "categorical"
 choices = [0.1, 1.0]
-[params."embedder.name"]
+[params."optim.lr"]        # lr = 1e30 makes the loss NaN at the second step: a failing trial
 type = "categorical"
-choices = ["tiny-clip", "{missing}"]
+choices = [0.002, 1e30]
 """
 
 
@@ -62,7 +63,7 @@ choices = ["tiny-clip", "{missing}"]
 def finished_study(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("study")
     (root / "base.toml").write_text(BASE.format(data=root / "data"))
-    (root / "space.toml").write_text(SPACE.format(missing=root / "no-such-model"))
+    (root / "space.toml").write_text(SPACE)
     argv = ["--space", str(root / "space.toml"), "--storage", str(root / "studies")]
     assert run_search.main(argv) == 0
     return root / "studies" / "e2e"
@@ -106,9 +107,11 @@ def test_leaderboard_has_one_row_per_trial_and_the_reference(finished_study: Pat
 
 def test_failing_trials_are_error_rows_and_the_study_goes_on(finished_study: Path) -> None:
     rows = pq.read_table(finished_study / "leaderboard.parquet").to_pylist()
-    failed = [r for r in rows if r["param.embedder.name"].endswith("no-such-model")]
+    failed = [r for r in rows if r["param.optim.lr"] == 1e30]
     assert len(failed) == 2
-    assert all(r["status"] == "error" and "no-such-model" in r["error"] for r in failed)
+    assert all(
+        r["status"] == "error" and "non-finite loss at epoch 1" in r["error"] for r in failed
+    )
     assert all(r["rank"] is None for r in failed)
     good = [r for r in rows if r["kind"] == "search" and r not in failed]
     assert {r["status"] for r in good} <= {"completed", "stopped_early"}
