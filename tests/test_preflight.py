@@ -1,0 +1,273 @@
+"""Bad input to ``run_search.py``: each one is exit code 2 and ONE ``error:`` line naming the problem,
+before any Ray trial starts (Ray is never even initialised here)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from study import run_search
+from vlm2rec.data.schema import PreparedDataset
+
+BASE = """
+seed = 0
+[data]
+path = "{data}"
+prepare_if_missing = {prepare}
+history_length = 3
+[data.synthetic]
+seed = 0
+users = 60
+items = 32
+shapes = 4
+brands = 4
+colours = 2
+min_length = 5
+max_length = 10
+image_size = 16
+[embedder]
+name = "{model}"
+finetune = "full"
+[train]
+epochs = 2
+batch_size = 16
+"""
+
+SPACE = """
+base = "base.toml"
+[study]
+name = "pf"
+num_samples = 2
+max_t = 2
+grace_period = 1
+workers_per_trial = {workers}
+cpus_per_worker = 0.5
+gpus_per_worker = {gpus}
+[params."loss.alpha"]
+type = "float"
+low = {low}
+high = 1.0
+log = {log}
+"""
+
+
+def _write(
+    root: Path,
+    *,
+    data: Path | None = None,
+    prepare: bool = True,
+    model: str = "tiny-clip",
+    workers: int = 2,
+    gpus: float = 0,
+    low: float = 0.1,
+    log: bool = True,
+    base_edit: tuple[str, str] = ("", ""),
+    space_edit: tuple[str, str] = ("", ""),
+) -> list[str]:
+    """A valid tiny study (then optionally broken by one text edit); returns the argv."""
+    base = BASE.format(
+        data=data or root / "data", prepare=str(prepare).lower(), model=model
+    ).replace(*base_edit)
+    space = SPACE.format(workers=workers, gpus=gpus, low=low, log=str(log).lower())
+    (root / "base.toml").write_text(base)
+    (root / "space.toml").write_text(space.replace(*space_edit))
+    return ["--space", str(root / "space.toml"), "--storage", str(root / "studies")]
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI; assert exit 2 and exactly one stderr line; return that line."""
+    assert run_search.main(argv) == run_search.EXIT_BAD_INPUT
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def _no_ray() -> Iterator[None]:
+    """Nothing here may start Ray (``ray`` may already be imported by other test files)."""
+    yield
+    import sys
+
+    if "ray" in sys.modules:
+        assert not sys.modules["ray"].is_initialized()
+
+
+@pytest.fixture
+def dataset(tiny_dataset: PreparedDataset, tmp_path: Path) -> Path:
+    """A writable copy of the session's tiny synthetic dataset (same knobs as BASE)."""
+    return Path(shutil.copytree(tiny_dataset.path, tmp_path / "copied"))
+
+
+# ---- the valid study passes --------------------------------------------------------------------
+def test_valid_study_dry_run_passes_preflight(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path, data=dataset, prepare=False)
+    assert run_search.main([*argv, "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert "preflight ok" in out.out and out.err == ""
+
+
+# ---- config files ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("where", "edit", "expect"),
+    [
+        ("space", ("num_samples = 2", "num_sampels = 2"), "study.num_sampels"),
+        ("space", ("workers_per_trial = 2", "workers_per_trial = 0"), "study.workers_per_trial"),
+        ("space", ('name = "pf"', 'name = "a/b"'), "study.name"),
+        ("base", ("epochs = 2", "epoch = 2"), "train.epoch"),
+        ("base", ("epochs = 2", "epochs = 0"), "train.epochs"),
+        ("base", ('finetune = "full"', 'finetune = "fulll"'), "embedder.finetune"),
+        ("base", ("batch_size = 16", 'batch_size = "16"'), "train.batch_size"),
+    ],
+)
+def test_unknown_key_or_out_of_range_value_names_file_and_key(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    where: str,
+    edit: tuple[str, str],
+    expect: str,
+) -> None:
+    argv = _write(tmp_path, **{f"{where}_edit": edit})  # type: ignore[arg-type]
+    line = _refused(argv, capsys)
+    assert expect in line and f"{where}.toml" in line
+
+
+@pytest.mark.parametrize(
+    ("low", "log", "expect"),
+    [(2.0, False, "must be < high"), (1.0, False, "must be < high"), (0.0, True, "log")],
+)
+def test_empty_or_log_invalid_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], low: float, log: bool, expect: str
+) -> None:
+    line = _refused(_write(tmp_path, low=low, log=log), capsys)
+    assert 'params."loss.alpha".low' in line and expect in line
+
+
+# ---- dataset -----------------------------------------------------------------------------------
+#: A real (not dry) run imports Ray and Tune before refusing: seconds on a loaded machine.
+DRY_AND_REAL = [True, pytest.param(False, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("dry_run", DRY_AND_REAL)
+def test_missing_dataset_without_prepare_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dry_run: bool
+) -> None:
+    missing = tmp_path / "no-such-data"
+    argv = _write(tmp_path, data=missing, prepare=False)
+    line = _refused([*argv, "--dry-run"] if dry_run else argv, capsys)
+    assert str(missing) in line and "prepare_if_missing = false" in line
+    assert not missing.exists()
+
+
+def test_missing_dataset_with_prepare_is_fine_in_a_dry_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path, data=tmp_path / "later", prepare=True)
+    assert run_search.main([*argv, "--dry-run"]) == 0
+    assert not (tmp_path / "later").exists()  # a dry run builds nothing
+
+
+def test_dataset_failing_validation_names_the_file(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (dataset / "meta.json").write_text("{not json")
+    argv = _write(tmp_path, data=dataset, prepare=False)
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert str(dataset / "meta.json") in line and "invalid JSON" in line
+
+
+@pytest.mark.slow
+def test_dataset_failing_validation_stops_a_real_run_before_ray(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    meta = json.loads((dataset / "meta.json").read_text())
+    del meta["fingerprint"]
+    (dataset / "meta.json").write_text(json.dumps(meta))
+    line = _refused(_write(tmp_path, data=dataset, prepare=False), capsys)
+    assert str(dataset / "meta.json") in line and "fingerprint" in line
+
+
+# ---- model path --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "is_path"),
+    [
+        ("/abs/model", True),
+        ("./rel/model", True),
+        ("../model", True),
+        ("~/models/x", True),
+        ("models/qwen/ckpt", True),
+        ("Qwen/Qwen2-VL-2B-Instruct", False),
+        ("tiny-clip", False),
+    ],
+)
+def test_looks_like_path(name: str, is_path: bool) -> None:
+    assert run_search.looks_like_path(name) is is_path
+
+
+@pytest.mark.parametrize("name", ["{root}/no-model", "./no-such-model-dir", "~/no/such/model"])
+def test_missing_model_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    name = name.format(root=tmp_path)
+    line = _refused([*_write(tmp_path, model=name), "--dry-run"], capsys)
+    assert f"embedder.name = {name!r}" in line and "does not exist" in line
+
+
+def test_hub_id_and_existing_model_folder_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_search.main([*_write(tmp_path, model="org/model"), "--dry-run"]) == 0
+    (tmp_path / "m").mkdir()
+    assert run_search.main([*_write(tmp_path, model=str(tmp_path / "m")), "--dry-run"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_missing_searched_model_choice_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path)
+    choice = tmp_path / "gone"
+    with (tmp_path / "space.toml").open("a") as fh:
+        fh.write('[params."embedder.name"]\ntype = "categorical"\n')
+        fh.write(f'choices = ["tiny-clip", "{choice}"]\n')
+    text = (tmp_path / "space.toml").read_text().replace("num_samples = 2", "num_samples = 4")
+    (tmp_path / "space.toml").write_text(text)
+    assert run_search.main([*argv, "--dry-run"]) == 0  # only those trials fail; the study goes on
+    err = capsys.readouterr().err
+    assert err.startswith("warning:") and str(choice) in err
+
+
+# ---- resources ---------------------------------------------------------------------------------
+def test_preflight_counts_trials_that_fit(tmp_path: Path) -> None:
+    _write(tmp_path)
+    spec = run_search.load_search_spec(tmp_path / "space.toml")
+    assert run_search.trial_resources(spec) == {"CPU": 1.5, "GPU": 0.0}
+    assert run_search.preflight(spec, {"CPU": 4.0, "GPU": 0.0}) == 2
+    with pytest.raises(run_search.PreflightError, match=r"CPU=1\.5"):
+        run_search.preflight(spec, {"CPU": 1.0})
+
+
+@pytest.mark.parametrize("dry_run", DRY_AND_REAL)
+def test_gpu_trial_on_a_cpu_machine_is_refused_without_starting_ray(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    dry_run: bool,
+) -> None:
+    monkeypatch.setattr(run_search, "local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
+    argv = _write(tmp_path, gpus=1)
+    line = _refused([*argv, "--dry-run"] if dry_run else argv, capsys)
+    assert "GPU=2" in line and "cluster has GPU=0" in line
+
+
+def test_too_many_workers_for_this_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refused([*_write(tmp_path, workers=100_000), "--dry-run"], capsys)  # real resources
+    assert "one trial needs CPU=" in line
