@@ -50,6 +50,7 @@ __all__ = [
     "fig_learning_curves",
     "fig_parallel",
     "fig_param_scatter",
+    "importance_html",
     "leaderboard_html",
     "load_study",
     "main",
@@ -95,7 +96,7 @@ def _optuna_distributions(study_dir: Path, name: str) -> dict[str, Any]:
 
 
 def _looks_log(values: pd.Series) -> bool:
-    """Fallback without optuna.db: positive values spanning at least a factor 20."""
+    """Fallback without optuna.db: searched values all positive and spanning a factor >= 20."""
     v = values.dropna()
     return bool(len(v) > 1 and (v > 0).all() and v.max() / v.min() >= 20)
 
@@ -111,10 +112,11 @@ def load_study(study_dir: str | Path) -> StudyData:
     name = str(frame["study"].iloc[0]) if len(frame) else study_dir.name
     params = [c.removeprefix("param.") for c in frame.columns if c.startswith("param.")]
     dists = _optuna_distributions(study_dir, name)
+    searched = frame[frame["kind"] == "search"]  # the reference's alpha = 0 is not in the range
     log = {
         p
         for p in params
-        if (getattr(dists[p], "log", False) if p in dists else _looks_log(frame[f"param.{p}"]))
+        if (getattr(dists[p], "log", False) if p in dists else _looks_log(searched[f"param.{p}"]))
     }
     histories = {}
     for path in sorted((study_dir / "trials").glob("*.json")):
@@ -347,6 +349,15 @@ def _img(folder: str, name: str) -> str:
     return f'<img src="{folder}/{html.escape(name)}" alt="{html.escape(name)}">'
 
 
+def importance_html(study_dir: Path, name: str, out: Path) -> str:
+    """The importance section's HTML: the note, and the bar chart when there is one."""
+    imp, note = param_importances(study_dir, name)
+    text = f"<p>{html.escape(note)}</p>"
+    if imp:
+        text += _img(out.name, _save(fig_importance(imp, note), out / "importance.png"))
+    return text
+
+
 def write_report(study_dir: str | Path, top: int = 10) -> Path:
     """Write ``report.html`` and ``report/*.png`` into ``study_dir``; returns the HTML path."""
     study_dir = Path(study_dir)
@@ -365,11 +376,7 @@ def write_report(study_dir: str | Path, top: int = 10) -> Path:
     if data.params:
         name = _save(fig_parallel(f, data.params, m, data.log_params), out / "parallel.png")
         body.append(_section("parallel coordinates", _img("report", name)))
-    imp, note = param_importances(study_dir, data.name)
-    text = f"<p>{html.escape(note)}</p>"
-    if imp:
-        text += _img("report", _save(fig_importance(imp, note), out / "importance.png"))
-    body.append(_section("parameter importance", text))
+    body.append(_section("parameter importance", importance_html(study_dir, data.name, out)))
     name = _save(fig_collapse(f, top), out / "collapse.png")
     body.append(_section("modality collapse", _img("report", name)))
     name = _save(fig_learning_curves(data.histories, f, m, min(top, 5)), out / "curves.png")
