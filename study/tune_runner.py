@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -126,24 +127,24 @@ def _fit_interrupted(tuner: tune.Tuner) -> bool:
     On the first SIGINT Tune saves its state, stops the trials and *returns normally*; the only
     trace is that its handler puts back the handler it found. So we install a marker handler
     first: still in place after ``fit()`` means Tune's handler fired. (Without Tune's handler,
-    ``TUNE_DISABLE_SIGINT_HANDLER=1``, the marker itself raises ``KeyboardInterrupt``.)
+    ``TUNE_DISABLE_SIGINT_HANDLER=1``, the marker itself raises ``KeyboardInterrupt``.) Signal
+    handlers exist in the main thread only; elsewhere Tune does not catch SIGINT either.
     """
+    if threading.current_thread() is not threading.main_thread():
+        tuner.fit()
+        return False
 
     def marker(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, marker)
     try:
-        grid = tuner.fit()
-        tune_handled = signal.getsignal(signal.SIGINT) is marker and not int(
+        tuner.fit()
+        return signal.getsignal(signal.SIGINT) is marker and not int(
             os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")
         )
     finally:
         signal.signal(signal.SIGINT, previous)
-    unfinished = [
-        t for t in grid._experiment_analysis.trials if t.status not in ("TERMINATED", "ERROR")
-    ]
-    return tune_handled or bool(unfinished)
 
 
 def _print_summary(study_dir: Path, metric: str, top: int = 10) -> None:
