@@ -219,7 +219,33 @@ def measure_model(
         "trainable_params": trainable,
         "plain_fused_loss_abs_diff": diff,
         "variants": _summary(batch_size, times, first_loss),
+        "paired_cpu_ratios": _paired(times),
     }
+
+
+def _paired(times: dict[str, dict[str, list[tuple[float, float]]]]) -> dict[str, list[float]]:
+    """Per-round step CPU-time ratios of variants run in the same round (quartiles 25/50/75).
+
+    Each round runs every variant once, back to back, so a round's ratio sees the same load.
+    """
+    pairs = {
+        "vlm2rec/plain": ("vlm2rec", "plain"),
+        "vlm2rec/plain_fused": ("vlm2rec", "plain_fused"),
+    }
+    pairs["plain_fused/plain"] = ("plain_fused", "plain")
+    out = {}
+    for name, (a, b) in pairs.items():
+        ratios = [x[1] / y[1] for x, y in zip(times[a]["step"], times[b]["step"], strict=True)]
+        out[name] = _quartiles(ratios)
+    return out
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    """``[q25, median, q75]`` (all three equal the value when there is only one)."""
+    if len(values) < 2:
+        return [values[0]] * 3
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], statistics.median(values), q[2]]
 
 
 def _median_ms(pairs: list[tuple[float, float]], which: int) -> float:
@@ -304,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
             for m in args.models
         }
     lines = _table(results)
+    for model, rec in results.items():
+        for pair, (q1, med, q3) in rec["paired_cpu_ratios"].items():
+            lines.append(
+                f"{model}: {pair} step CPU, per-round median {med:.3f} (IQR {q1:.3f}-{q3:.3f})"
+            )
     key = "tiny-qwen2vl" if "tiny-qwen2vl" in results else args.models[0]
     ratio = results[key]["variants"]["vlm2rec"]["step_cpu_ratio_vs_plain"]
     name = f"vlm2rec / plain step CPU time ({key}, batch {args.batch_size})"

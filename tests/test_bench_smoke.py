@@ -74,6 +74,14 @@ def test_step_smoke_writes_headline_and_machine(tmp_path: Path) -> None:
         for rec_v in v.values():
             assert rec_v["step_cpu_ms_median"] > 0 and len(rec_v["step_wall_cpu_ms"]) == 1
         assert v["plain"]["step_cpu_ratio_vs_plain"] == 1.0
+        paired = rec["paired_cpu_ratios"]
+        assert set(paired) == {"vlm2rec/plain", "vlm2rec/plain_fused", "plain_fused/plain"}
+        assert all(0 < q1 <= med <= q3 for q1, med, q3 in paired.values())
+
+
+def test_quartiles() -> None:
+    assert step._quartiles([2.0]) == [2.0, 2.0, 2.0]
+    assert step._quartiles([4.0, 1.0, 3.0, 2.0, 5.0]) == [2.0, 3.0, 4.0]
 
 
 @pytest.mark.slow
