@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,17 @@ from vlm2rec.data.schema import PreparedDataset
 
 BASE = Path(__file__).resolve().parents[1] / "search_spaces" / "base" / "synthetic.toml"
 EPOCHS = 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny models gain nothing from two, and on a loaded 2-core machine
+    OpenMP's spinning threads made the same fit 20x slower. Module scope so it precedes the
+    module-scoped runs; restored afterwards for other test files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _split_keys(split: str) -> set[str]:
@@ -61,7 +73,6 @@ def run_dir(
     tiny_synthetic_config: SyntheticConfig,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("cli_run") / "run"
     assert console(_train_args(data_path, tiny_synthetic_config, out)) == 0
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,17 @@ from vlm2rec.train import RunState, build_run
 KS = (5, 10, 20)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny models gain nothing from two, and on a loaded 2-core machine
+    OpenMP's spinning threads made the same fit 20x slower. Module scope so it precedes the
+    module-scoped runs; restored afterwards for other test files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def run(
     tiny_dataset: PreparedDataset,
@@ -31,7 +43,6 @@ def run(
 ) -> RunState:
     """An untrained tiny-clip run on a copy of the shared fixture, with small eval blocks so that
     the catalogue pass, user blocks and item chunks all take several iterations."""
-    torch.set_num_threads(1)
     data = tmp_path_factory.mktemp("model_eval") / "ds"
     shutil.copytree(tiny_dataset.path, data)
     cfg = apply_overrides(
