@@ -49,7 +49,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import numpy as np  # noqa: E402
 from common import RESULTS_DIR, headline, mean_std, write_result  # noqa: E402
 
-from vlm2rec.config import RunConfig, config_hash, load_config, parse_override  # noqa: E402
+from vlm2rec.config import RunConfig, config_hash, load_config, parse_override, to_dict  # noqa: E402
 from vlm2rec.data.splits import make_splits  # noqa: E402
 from vlm2rec.data.synthetic import ensure_dataset, item_attributes  # noqa: E402
 
@@ -111,26 +111,48 @@ def _read_history(run_dir: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _same_run(out: Path, cell: Mapping[str, Any]) -> bool:
+    """Whether ``out`` holds a finished run of exactly this cell's resolved config (``--reuse``)."""
+    if not (out / "final.json").exists() or not (out / "config.json").exists():
+        return False
+    done, want = json.loads((out / "config.json").read_text()), dict(cell["config"])
+    # The dataset folder may be spelled relative or absolute: compare where it resolves to.
+    for cfg in (done, want):
+        cfg["data"] = {**cfg["data"], "path": str((ROOT / cfg["data"]["path"]).resolve())}
+    return bool(done == want)
+
+
 def _run_cell(cell: dict[str, Any]) -> dict[str, Any]:
-    """Train one (method, seed) run in a subprocess; return its record (history, wall time, rc)."""
-    out = Path(cell["out"])
+    """Train one (method, seed) run in a subprocess (or, with ``reuse``, read a finished identical
+    run); return its record: history, test metrics, wall time, return code."""
+    out = ROOT / cell["out"]
     out.mkdir(parents=True, exist_ok=True)
+    reused = bool(cell["reuse"]) and _same_run(out, cell)
     t0 = time.perf_counter()
-    with (out / "console.log").open("w") as log:
-        proc = subprocess.run(
-            cell["argv"], cwd=ROOT, env=_one_thread_env(), stdout=log, stderr=subprocess.STDOUT
-        )
-    wall = time.perf_counter() - t0
+    rc = 0
+    if not reused:
+        with (out / "console.log").open("w") as log:
+            rc = subprocess.run(
+                cell["argv"], cwd=ROOT, env=_one_thread_env(), stdout=log, stderr=subprocess.STDOUT
+            ).returncode
     history = _read_history(out)
+    wall = sum(h.get("time/epoch_s", 0.0) for h in history) if reused else time.perf_counter() - t0
     final = json.loads((out / "final.json").read_text()) if (out / "final.json").exists() else {}
-    record = {k: cell[k] for k in ("method", "seed", "command", "out")}
-    record.update(returncode=proc.returncode, wall_s=round(wall, 1), history=history)
+    record = {k: cell[k] for k in ("method", "seed", "command")}
+    record.update(returncode=rc, reused=reused, wall_s=round(wall, 1), history=history)
     record["test"] = final.get("test", {})
     record["best_epoch"] = final.get("best_epoch")
-    tail = (out / "console.log").read_text().splitlines()[-3:]
-    status = "ok" if proc.returncode == 0 else f"FAILED rc={proc.returncode}: {' | '.join(tail)}"
-    print(f"[{cell['method']} seed {cell['seed']}] {wall:.0f}s {status}", flush=True)
+    log_path = out / "console.log"
+    tail = log_path.read_text().splitlines()[-3:] if log_path.exists() else []
+    status = "ok" if rc == 0 else f"FAILED rc={rc}: {' | '.join(tail)}"
+    print(f"[{cell['method']} seed {cell['seed']}] {wall:.0f}s {status}{' (reused)' * reused}")
     return record
+
+
+def _rel(path: Path) -> Path:
+    """``path`` relative to the repository when inside it: recorded commands then run anywhere."""
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def _cells(args: argparse.Namespace, shared: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -139,8 +161,8 @@ def _cells(args: argparse.Namespace, shared: Mapping[str, Any]) -> list[dict[str
     for seed in args.seeds:
         for method in args.methods:
             over = {**shared, **METHODS[method], "seed": seed}
-            out = args.runs / f"{method}-s{seed}"
-            argv = build_command(args.config, over, out)
+            out = _rel(args.runs) / f"{method}-s{seed}"
+            argv = build_command(_rel(args.config), over, out)
             shown = ["python", *argv[1:]]  # the interpreter path is this machine's only
             cells.append(
                 {
@@ -149,6 +171,8 @@ def _cells(args: argparse.Namespace, shared: Mapping[str, Any]) -> list[dict[str
                     "out": str(out),
                     "argv": argv,
                     "command": shlex.join(shown),
+                    "config": to_dict(load_config(args.config, over)),
+                    "reuse": args.reuse,
                 }
             )
     return cells
@@ -259,6 +283,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--runs", type=Path, default=ROOT / "runs" / "bench-collapse", help="run folders"
     )
     p.add_argument("--data-root", type=Path, default=ROOT / "data", help="where datasets are built")
+    p.add_argument(
+        "--reuse", action="store_true", help="read finished runs of identical config, don't retrain"
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "collapse.json", help="result JSON")
     return p.parse_args(argv)
 
@@ -274,12 +301,15 @@ def _shared_overrides(args: argparse.Namespace) -> dict[str, Any]:
         **extra,
     }
     synth = load_config(args.config, shared).data.synthetic
-    shared["data.path"] = str(args.data_root / f"bench-collapse-{config_hash(synth)}")
+    shared["data.path"] = str(_rel(args.data_root) / f"bench-collapse-{config_hash(synth)}")
     return shared
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    for name in ("config", "runs", "data_root", "out"):  # resolve against the caller's cwd, then
+        setattr(args, name, getattr(args, name).resolve())
+    os.chdir(ROOT)  # work from the repository, as the recorded (relative) commands do
     shared = _shared_overrides(args)
     run_cfg = load_config(args.config, shared)
     ensure_dataset(run_cfg.data)  # build once, before the runs race
@@ -305,9 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     head = headline("vlm2rec / baseline val/ndcg@10 (both view, last epoch)", ratio, "x")
     payload = {
         "setting": {
-            "config": str(
-                args.config.relative_to(ROOT) if args.config.is_absolute() else args.config
-            ),
+            "config": str(_rel(args.config)),
             "shared_overrides": shared,
             "methods": {m: METHODS[m] for m in args.methods},
             "epochs": args.epochs,
@@ -318,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bayes_ceiling_val_ndcg@10": ceiling,
         "wall_s": round(wall, 1),
         "summary": summary,
-        "runs": [{k: v for k, v in r.items() if k != "out"} for r in records],
+        "runs": records,
     }
     path = write_result("collapse", head, payload, out=args.out)
     print(f"wrote {path}; total wall {wall:.0f}s")
