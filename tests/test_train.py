@@ -180,6 +180,7 @@ def test_resume_from_epoch_checkpoint_is_exact(
             "embedder.finetune": "lora",
             "embedder.lora_dropout": 0.3,
             "optim.lr": 5e-3,
+            "train.batch_size": 32,  # half the steps of the default helper: the test is about state
         },
     )
     straight = fit(cfg, checkpoint_root=tmp_path / "a")
@@ -338,7 +339,12 @@ def test_two_gloo_ranks_fit_agree_and_resume_exactly(
     cfg = make_cfg(
         data_path,
         tiny_synthetic_config,
-        **{"train.epochs": 2, "embedder.finetune": "lora", "embedder.lora_dropout": 0.3},
+        **{
+            "train.epochs": 2,
+            "train.batch_size": 32,
+            "embedder.finetune": "lora",
+            "embedder.lora_dropout": 0.3,
+        },
     )
     mp.spawn(
         _dist_worker,
