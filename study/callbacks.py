@@ -199,14 +199,13 @@ class StudyRecorder(Callback):
         writer.flush()
 
     def _hparams(self, record: dict[str, Any]) -> None:
+        """The hparams plugin's summary: params, kind and status, and the best epoch's metrics
+        (none for a trial that failed before its first report: it still shows up, as an error)."""
         from torch.utils.tensorboard.summary import hparams
 
-        history = record["history"]
-        scored = [h for h in history if math.isfinite(h.get(self.ctx.metric, math.nan))]
-        if not scored:
-            return
+        scored = [h for h in record["history"] if math.isfinite(h.get(self.ctx.metric, math.nan))]
         pick = max if self.ctx.mode == "max" else min
-        best = pick(scored, key=lambda h: h[self.ctx.metric])
+        best = pick(scored, key=lambda h: h[self.ctx.metric]) if scored else {}
         metrics = {f"best/{k}": v for k, v in best.items() if k.startswith("val/")}
         metrics.update({f"best/{k}": v for k, v in (record.get("test_metrics") or {}).items()})
         params = {

@@ -80,7 +80,7 @@ def test_leaderboard_has_one_row_per_trial_and_the_reference(finished_study: Pat
         "status",
         "error",
         "param.loss.alpha",
-        "param.embedder.name",
+        "param.optim.lr",
         "best_epoch",
         "val/ndcg@10",
         "val/ndcg@10/image",
