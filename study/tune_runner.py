@@ -208,6 +208,7 @@ def run_study(
         workers_per_trial=s.workers_per_trial,
         gpus_per_worker=s.gpus_per_worker,
         cpus_per_worker=s.cpus_per_worker,
+        max_failures=s.max_failures,
     )
     # On a cluster whose head offers a "driver" resource (cluster.yaml), trial drivers stay there.
     driver = {"CPU": DRIVER_CPUS, **({"driver": 1} if "driver" in cluster else {})}
