@@ -202,7 +202,8 @@ def paired_t_test(x: Sequence[float], y: Sequence[float], level: float = 0.95) -
     F_\nu   :func:`student_t_cdf`
     ======  ========
 
-    Shapes: ``x``, ``y`` [n], paired by position. Identical differences (:math:`s_d = 0`) give
+    Shapes: ``x``, ``y`` [n], paired by position. Identical differences (:math:`s_d = 0` up to
+    rounding) give
     :math:`t = \pm\infty, p = 0` if they are not zero and :math:`t = 0, p = 1` if they are; n < 2
     gives NaN.
     """
@@ -214,9 +215,14 @@ def paired_t_test(x: Sequence[float], y: Sequence[float], level: float = 0.95) -
         return PairedTest(n, d[0] if d else math.nan, math.nan, math.nan, math.nan)
     mean, half = mean_ci(d, level)
     sd = statistics.stdev(d)
-    # no spread: the sign of a constant difference is certain (t = +-inf) unless it is zero
-    flat = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
-    t = mean / (sd / math.sqrt(n)) if sd > 0.0 else flat
+    # No spread (up to float rounding: 0.3 - 0.2 != 0.4 - 0.3): a constant difference is certain
+    # in sign (t = +-inf) unless it is zero, not a t of 1e15 made of rounding noise.
+    flat = sd <= 1e-12 * max(abs(v) for v in d)
+    t = (
+        (0.0 if mean == 0.0 else math.copysign(math.inf, mean))
+        if flat
+        else mean / (sd / math.sqrt(n))
+    )
     p = 2.0 * (1.0 - student_t_cdf(abs(t), n - 1))
     return PairedTest(n, mean, half, t, p)
 
