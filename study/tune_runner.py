@@ -226,6 +226,9 @@ def run_study(
     (study_dir / DONE).write_text(json.dumps({"wall_s": wall, "finished": time.time()}) + "\n")
     print(f"\nstudy {name} finished in {wall:.0f} s")
     _print_summary(study_dir, s.metric)
+    from study.report import try_write_report  # matplotlib only when a study ends
+
+    try_write_report(study_dir)  # a plotting failure is a printed warning, never a failed study
     if started and args.address == "local":
         ray.shutdown()  # stop our local instance before exit, not under the workers' feet
     return 0
