@@ -8,16 +8,22 @@ For each catalogue size ``N`` (``U`` users, dimension ``D``, ``H`` masked histor
   s_{ut_u}\}|` (exact ranks, from which every metric follows);
 * **floor**: what any full-ranking evaluator must at least do: the same blocks, one matrix product
   :math:`Q_b V_c^\top` per block and a running top-``k`` (``torch.topk`` per chunk, merged), **no**
-  masking, no targets, no validation (:func:`floor_topk`).
+  masking, no targets, no validation (:func:`floor_topk`);
+* **gemm**: the blocked matrix products alone (:func:`gemm_only`), a lower bound of any exact
+  full ranking, shown to split the floor into product and top-``k``.
 
 Each (size, method, repetition) runs in a **fresh subprocess** so that its peak memory can be
 measured: the peak extra resident memory is ``ru_maxrss`` after the call minus the resident set
 just before it (data already built; tracemalloc does not see torch's allocations). The theoretical
 score-block memory (float32 ``B x (C + B)`` for ours, ``B x C`` for the floor) and the unblocked
-``U x N`` score matrix are reported next to it. Repetitions alternate the order (ours, floor),
-(floor, ours), ... and the table shows medians. Workers use ``--threads`` threads (default 1): on a
-shared machine a multi-threaded region waits for its slowest, descheduled thread, so one thread
-and **CPU time** (``time.process_time``) give the stable ratio; wall times are recorded too.
+``U x N`` score matrix are reported next to it, and so is a **probe**: the same measurement of
+``rank_targets``' input validation alone (column ``of it checks``), since ``torch.isfinite`` over
+the item matrix makes temporaries of about 1.75x its size, far more than one score block.
+Repetitions alternate the order (ours, floor, gemm), (gemm, floor, ours), ... and the table shows
+medians; ``wall ratio`` is ours / floor in wall time.
+Workers use ``--threads`` threads (default 1): on a shared machine a multi-threaded region waits
+for its slowest, descheduled thread, so one thread and **CPU time** (``time.process_time``) give the
+stable ratio; wall times are recorded too.
 
 Headline: median CPU time of ours / floor at the largest catalogue.
 
@@ -50,12 +56,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import headline, write_result
 
 from vlm2rec.config import EvalConfig
-from vlm2rec.evaluate import rank_targets
+from vlm2rec.evaluate import _validate, rank_targets
 
-__all__ = ["METHODS", "Problem", "floor_topk", "main", "make_problem", "run_method"]
+__all__ = [
+    "METHODS",
+    "PROBES",
+    "Problem",
+    "floor_topk",
+    "gemm_only",
+    "main",
+    "make_problem",
+    "run_method",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS: tuple[str, ...] = ("ours", "floor")
+METHODS: tuple[str, ...] = ("ours", "floor", "gemm")
+#: memory probe, run once per size: only the input validation that ``rank_targets`` starts with
+PROBES: tuple[str, ...] = ("validation",)
 
 
 class Problem(NamedTuple):
@@ -115,8 +132,24 @@ def floor_topk(
     return out
 
 
+def gemm_only(queries: Tensor, items: Tensor, user_batch_size: int, item_chunk: int) -> float:
+    r"""The blocked products :math:`Q_b V_c^\top` alone, nothing read from them: a lower bound of
+    any exact full ranking. Returns the sum of the last block (so the work cannot be skipped).
+
+    Shapes: ``queries [U, D]``, ``items [N + 1, D]`` (row 0 padding, skipped).
+    """
+    cand = items[1:]  # [N, D]
+    last = torch.zeros(())
+    for b0 in range(0, queries.shape[0], user_batch_size):
+        q = queries[b0 : b0 + user_batch_size]  # [B, D]
+        for start in range(0, cand.shape[0], item_chunk):
+            last = (q @ cand[start : start + item_chunk].T)[0, 0]  # [B, C] -> one entry
+    return float(last)
+
+
 def run_method(method: str, p: Problem, k: int, user_batch_size: int, item_chunk: int) -> Tensor:
-    """Run ``ours`` (exact ranks ``[U]``) or ``floor`` (top-k ids ``[U, k]``) on ``p``."""
+    """Run ``ours`` (exact ranks ``[U]``), ``floor`` (top-k ids ``[U, k]``), ``gemm`` (products
+    only; returns one number) or the ``validation`` probe (returns the targets) on ``p``."""
     if method == "ours":
         return rank_targets(
             p.queries,
@@ -129,7 +162,12 @@ def run_method(method: str, p: Problem, k: int, user_batch_size: int, item_chunk
         )
     if method == "floor":
         return floor_topk(p.queries, p.items, k, user_batch_size, item_chunk)
-    raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if method == "gemm":
+        return torch.tensor([gemm_only(p.queries, p.items, user_batch_size, item_chunk)])
+    if method == "validation":  # rank_targets' own checks, alone (a private helper, on purpose)
+        _validate(p.queries, p.items, p.targets, p.seen_indptr, p.seen_items)
+        return p.targets
+    raise ValueError(f"method: expected one of {METHODS + PROBES}, got {method!r}")
 
 
 def _rss_bytes() -> int:
@@ -175,12 +213,14 @@ def _spawn(args: argparse.Namespace, n_items: int, method: str) -> dict[str, Any
 def _measure_size(args: argparse.Namespace, n_items: int, reps: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
     for r in range(reps):
-        for method in METHODS if r % 2 == 0 else METHODS[::-1]:
+        for method in METHODS if r % 2 == 0 else METHODS[::-1]:  # alternate the order
             runs[method].append(_spawn(args, n_items, method))
             print(f"  N={n_items} rep {r + 1}/{reps} {method}: {runs[method][-1]}", flush=True)
     med = {
         m: {key: statistics.median(x[key] for x in rs) for key in rs[0]} for m, rs in runs.items()
     }
+    probe = _spawn(args, n_items, "validation")
+    print(f"  N={n_items} validation probe: {probe}", flush=True)
     b, c = args.user_batch_size, args.item_chunk
     return {
         "items": n_items,
@@ -188,7 +228,9 @@ def _measure_size(args: argparse.Namespace, n_items: int, reps: int) -> dict[str
         "reps": reps,
         "median": med,
         "runs": runs,
+        "validation_probe": probe,
         "cpu_ratio": med["ours"]["cpu_s"] / med["floor"]["cpu_s"],
+        "cpu_ratio_vs_gemm": med["ours"]["cpu_s"] / med["gemm"]["cpu_s"],
         "wall_ratio": med["ours"]["wall_s"] / med["floor"]["wall_s"],
         "theory_block_bytes": {"ours": 4 * b * (min(c, n_items) + b), "floor": 4 * b * c},
         "theory_unblocked_bytes": 4 * args.users * n_items,
@@ -197,17 +239,21 @@ def _measure_size(args: argparse.Namespace, n_items: int, reps: int) -> dict[str
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     head = (
-        f"{'items':>9}{'users':>7}{'ours cpu s':>12}{'floor cpu s':>13}{'cpu ratio':>11}"
-        f"{'wall ratio':>12}{'ours dRSS MB':>14}{'floor dRSS MB':>15}{'block MB':>10}"
+        f"{'items':>9}{'users':>7}{'ours cpu s':>12}{'floor cpu s':>13}{'gemm cpu s':>12}"
+        f"{'ours/floor':>12}{'ours/gemm':>11}"
+        f"{'wall ratio':>12}{'ours dRSS MB':>14}{'of it checks':>14}{'floor dRSS MB':>15}"
+        f"{'block MB':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         o, f = r["median"]["ours"], r["median"]["floor"]
         lines.append(
             f"{r['items']:>9}{r['users']:>7}{o['cpu_s']:>12.2f}{f['cpu_s']:>13.2f}"
-            f"{r['cpu_ratio']:>11.3f}{r['wall_ratio']:>12.3f}"
-            f"{o['peak_extra_rss_bytes'] / 2**20:>14.1f}{f['peak_extra_rss_bytes'] / 2**20:>15.1f}"
-            f"{r['theory_block_bytes']['ours'] / 2**20:>10.1f}"
+            f"{r['median']['gemm']['cpu_s']:>12.2f}{r['cpu_ratio']:>12.3f}"
+            f"{r['cpu_ratio_vs_gemm']:>11.3f}{r['wall_ratio']:>12.3f}"
+            f"{o['peak_extra_rss_bytes'] / 2**20:>14.1f}"
+            f"{r['validation_probe']['peak_extra_rss_bytes'] / 2**20:>14.1f}"
+            f"{f['peak_extra_rss_bytes'] / 2**20:>15.1f}{r['theory_block_bytes']['ours'] / 2**20:>10.1f}"
         )
     return lines
 
@@ -228,7 +274,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--method", choices=METHODS, default="ours", help=argparse.SUPPRESS)
+    p.add_argument("--method", choices=METHODS + PROBES, default="ours", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if min(args.items) < 1 or min(args.users, args.dim, args.k, args.reps, args.threads) < 1:
         p.error("--items, --users, --dim, --k, --reps, --threads must be >= 1")

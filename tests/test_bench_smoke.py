@@ -86,12 +86,13 @@ def test_quartiles() -> None:
 
 @pytest.mark.slow
 def test_eval_smoke_writes_headline_and_machine(tmp_path: Path) -> None:
-    argv = ["--items", "300", "600", "--users", "40", "--history", "5", "--reps", "1"]
+    # one size: each (method, repetition) is a subprocess that imports torch, a few seconds each
+    argv = ["--items", "300", "--users", "40", "--history", "5", "--reps", "1"]
     out = bench_eval.main([*argv, "--out", str(tmp_path / "e.json")])
     doc = _check_result(out, "eval")
     rows = doc["results"]
-    assert [r["items"] for r in rows] == [300, 600]
-    assert "600 items" in doc["headline"]["name"]
+    assert [r["items"] for r in rows] == [300]
+    assert "300 items x 40 users" in doc["headline"]["name"]
     assert doc["headline"]["value"] == pytest.approx(rows[-1]["cpu_ratio"])
     for r in rows:
         for method in bench_eval.METHODS:
@@ -99,6 +100,7 @@ def test_eval_smoke_writes_headline_and_machine(tmp_path: Path) -> None:
             assert run["cpu_s"] >= 0 and run["wall_s"] > 0
             assert 0 <= run["peak_extra_rss_bytes"] <= run["peak_rss_bytes"]
         assert r["theory_unblocked_bytes"] == 4 * 40 * r["items"]
+        assert r["validation_probe"]["peak_extra_rss_bytes"] >= 0
 
 
 def test_floor_topk_equals_unblocked_topk() -> None:
@@ -109,6 +111,13 @@ def test_floor_topk_equals_unblocked_topk() -> None:
     # k larger than a chunk and than the catalogue: every item, best first
     everything = bench_eval.floor_topk(p.queries, p.items, k=99, user_batch_size=5, item_chunk=3)
     assert torch.equal(everything, (p.queries @ p.items[1:].T).argsort(dim=1, descending=True) + 1)
+
+
+def test_gemm_only_reads_the_last_block() -> None:
+    p = bench_eval.make_problem(n_items=20, n_users=10, dim=4, history=2, seed=2)
+    value = bench_eval.gemm_only(p.queries, p.items, user_batch_size=4, item_chunk=7)
+    # last user block starts at user 8, last item chunk at candidate 14 = item id 15
+    assert value == pytest.approx(float(p.queries[8] @ p.items[15]), abs=1e-6)
 
 
 def test_make_problem_is_seeded_and_valid() -> None:
@@ -122,6 +131,16 @@ def test_make_problem_is_seeded_and_valid() -> None:
     assert a.seen_indptr.tolist() == list(range(0, 36, 5))
     ranks = bench_eval.run_method("ours", a, 5, 3, 8)  # accepted by rank_targets' validation
     assert ranks.shape == (7,) and int(ranks.min()) >= 1
+
+
+def test_validation_probe_runs_rank_targets_checks() -> None:
+    p = bench_eval.make_problem(n_items=20, n_users=3, dim=4, history=2, seed=0)
+    assert torch.equal(bench_eval.run_method("validation", p, 5, 2, 8), p.targets)
+    p.items[7, 1] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        bench_eval.run_method("validation", p, 5, 2, 8)
+    with pytest.raises(ValueError, match="method"):
+        bench_eval.run_method("nope", p, 5, 2, 8)
 
 
 def test_plain_fused_loss_is_plain_loss() -> None:
