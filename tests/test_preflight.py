@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,14 +88,17 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-@pytest.fixture(autouse=True)
-def _no_ray() -> Iterator[None]:
-    """Nothing here may start Ray (``ray`` may already be imported by other test files)."""
-    yield
-    import sys
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")  # imported only if some test (here or elsewhere) needed it
+    return bool(ray is not None and ray.is_initialized())
 
-    if "ray" in sys.modules:
-        assert not sys.modules["ray"].is_initialized()
+
+@pytest.fixture(autouse=True)
+def _no_ray_start() -> Iterator[None]:
+    """Nothing here may start Ray (a shared instance from another test file may already run)."""
+    before = _ray_up()
+    yield
+    assert _ray_up() == before
 
 
 @pytest.fixture
