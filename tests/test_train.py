@@ -4,6 +4,7 @@ and a 2-process gloo run (tiny offline models on the shared 60-user fixture)."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import shutil
 import socket
@@ -310,8 +311,13 @@ def _dist_worker(rank: int, port: int, cfg_dict: dict[str, Any], out: str) -> No
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    # A short collective timeout: if one rank fails, the other errors out instead of hanging.
     tdist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=300),
     )
     try:
         cfg, dist, root = from_dict(cfg_dict), DistInfo(rank, WORLD, rank, "cpu"), Path(out)
