@@ -45,6 +45,7 @@ from study.leaderboard import read_leaderboard
 
 __all__ = [
     "StudyData",
+    "collapse_note",
     "fig_collapse",
     "fig_importance",
     "fig_learning_curves",
@@ -305,6 +306,25 @@ def fig_collapse(frame: pd.DataFrame, top: int = 12) -> Figure:
     return fig
 
 
+def collapse_note(frame: pd.DataFrame) -> str:
+    """HTML warning for a view whose NDCG@10 is exactly 0 in every scored trial: a never-learnt
+    view, or (more often) many items sharing one text/image, whose pessimistic ties push every
+    target below rank 10; either way the balance at @10 says nothing."""
+    zero = [
+        view
+        for view, col in VIEWS.items()
+        if col in frame.columns and frame[col].notna().any() and (frame[col].dropna() == 0).all()
+    ]
+    if not zero:
+        return ""
+    return (
+        f"<p><b>{html.escape(', '.join(zero))} NDCG@10 is exactly 0 in every trial</b>, so "
+        f"{BALANCE} is 0 throughout. Check whether many items share an identical text or image "
+        "(ties are ranked pessimistically: k items sharing one text put each at rank >= k) "
+        "before reading this as modality collapse.</p>"
+    )
+
+
 def fig_learning_curves(
     histories: Mapping[str, Sequence[Mapping[str, float]]],
     frame: pd.DataFrame,
@@ -378,7 +398,7 @@ def write_report(study_dir: str | Path, top: int = 10) -> Path:
         body.append(_section("parallel coordinates", _img("report", name)))
     body.append(_section("parameter importance", importance_html(study_dir, data.name, out)))
     name = _save(fig_collapse(f, top), out / "collapse.png")
-    body.append(_section("modality collapse", _img("report", name)))
+    body.append(_section("modality collapse", _img("report", name) + collapse_note(f)))
     name = _save(fig_learning_curves(data.histories, f, m, min(top, 5)), out / "curves.png")
     body.append(_section("learning curves", _img("report", name)))
     page = (

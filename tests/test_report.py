@@ -18,6 +18,7 @@ from PIL import Image
 from study.leaderboard import TrialRecord, build_rows, write_leaderboard
 from study.report import (
     VIEWS,
+    collapse_note,
     fig_collapse,
     fig_learning_curves,
     fig_param_scatter,
@@ -233,3 +234,11 @@ def test_try_write_report_turns_a_failure_into_a_warning(
 ) -> None:
     assert try_write_report(tmp_path / "missing") is None
     assert "warning: study report not written" in capsys.readouterr().out
+
+
+def test_collapse_note_flags_a_view_that_is_zero_in_every_trial(study_dir: Path) -> None:
+    frame = load_study(study_dir).frame
+    assert collapse_note(frame) == ""  # the fabricated views are all non-zero
+    flat = frame.assign(**{VIEWS["text only"]: 0.0})
+    note = collapse_note(flat)
+    assert "text only NDCG@10 is exactly 0 in every trial" in note and "image only" not in note
