@@ -329,3 +329,11 @@ def test_candidate_is_a_frozen_value() -> None:
     cand = Candidate("t", "search", 1, {}, {})
     with pytest.raises(AttributeError):
         cand.rank = 2  # type: ignore[misc]
+
+
+def test_main_refuses_a_folder_without_leaderboard_or_too_few_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(tmp_path), "--seeds", "3"]) == 2
+    assert f"{tmp_path}/leaderboard.parquet" in capsys.readouterr().err
+    assert main(["fab", "--storage", str(tmp_path), "--seeds", "1"]) == 2  # no CI from one seed

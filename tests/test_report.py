@@ -242,3 +242,12 @@ def test_collapse_note_flags_a_view_that_is_zero_in_every_trial(study_dir: Path)
     flat = frame.assign(**{VIEWS["text only"]: 0.0})
     note = collapse_note(flat)
     assert "text only NDCG@10 is exactly 0 in every trial" in note and "image only" not in note
+
+
+def test_main_refuses_a_folder_without_leaderboard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from study.report import main
+
+    assert main([str(tmp_path)]) == 2
+    assert "no leaderboard" in capsys.readouterr().err
