@@ -99,6 +99,8 @@ def _optuna_distributions(study_dir: Path, name: str) -> dict[str, Any]:
 def _looks_log(values: pd.Series) -> bool:
     """Fallback without optuna.db: searched values all positive and spanning a factor >= 20."""
     v = values.dropna()
+    if not pd.api.types.is_numeric_dtype(v) or pd.api.types.is_bool_dtype(v):
+        return False
     return bool(len(v) > 1 and (v > 0).all() and v.max() / v.min() >= 20)
 
 
@@ -182,17 +184,31 @@ def fig_param_scatter(frame: pd.DataFrame, param: str, metric: str, log: bool = 
     return fig
 
 
-def _normalise(values: pd.Series, log: bool) -> tuple[np.ndarray, float, float]:
-    """Map values to [0, 1] on a linear or log axis; returns (positions, low, high)."""
+def _text(value: Any) -> str:
+    return (
+        f"{value:.3g}"
+        if isinstance(value, float | int) and not isinstance(value, bool)
+        else str(value)
+    )
+
+
+def _normalise(values: pd.Series, log: bool) -> tuple[np.ndarray, str, str]:
+    """Map values to [0, 1] on a linear, log or (strings) categorical axis; returns
+    (positions, label of 0, label of 1)."""
+    if not pd.api.types.is_numeric_dtype(values):  # categories, in sorted order
+        cats = pd.Categorical(values.astype(str))
+        n = max(len(cats.categories) - 1, 1)
+        first, last = (str(cats.categories[i]) for i in (0, -1))
+        return cats.codes / n, first, last
     v = values.astype(float).to_numpy()
     finite = v[np.isfinite(v) & ((v > 0) if log else True)]
     if not len(finite):
-        return np.full_like(v, 0.5), math.nan, math.nan
+        return np.full_like(v, 0.5), "", ""
     lo, hi = float(finite.min()), float(finite.max())
     t = np.log10 if log else (lambda x: x)
     with np.errstate(divide="ignore", invalid="ignore"):
         pos = (t(v) - t(lo)) / (t(hi) - t(lo)) if hi > lo else np.full_like(v, 0.5)
-    return np.clip(pos, -0.05, 1.05), lo, hi  # log of 0 (reference alpha) sits just below
+    return np.clip(pos, -0.05, 1.05), _text(lo), _text(hi)  # log of 0 (alpha) sits just below
 
 
 def fig_parallel(
@@ -215,14 +231,14 @@ def fig_parallel(
         if row["kind"] == "reference":
             ax.plot(range(len(axes)), y, **_REF_STYLE, label="reference", zorder=3)
             for i, c in enumerate(cols):  # its own values: alpha = 0 has no place on a log axis
-                ax.text(i + 0.03, y[i], f"{row[c]:.3g}", color="crimson", fontsize="x-small")
+                ax.text(i + 0.03, y[i], _text(row[c]), color="crimson", fontsize="x-small")
         else:
             color = cmap(norm(row[metric])) if norm is not None else "grey"
             ax.plot(range(len(axes)), y, color=color, alpha=0.8)
     for i, (name, (_, lo, hi)) in enumerate(zip(axes, scaled, strict=True)):
         ax.axvline(i, color="black", linewidth=0.8)
-        ax.text(i, 1.07, f"{hi:.3g}", ha="center", fontsize="small")
-        ax.text(i, -0.12, f"{lo:.3g}", ha="center", fontsize="small")
+        ax.text(i, 1.07, hi, ha="center", fontsize="small")
+        ax.text(i, -0.12, lo, ha="center", fontsize="small")
         if name in log_params:
             ax.text(i, -0.19, "log", ha="center", fontsize="x-small", color="grey")
     ax.set_xticks(range(len(axes)), axes)

@@ -21,6 +21,7 @@ from study.report import (
     collapse_note,
     fig_collapse,
     fig_learning_curves,
+    fig_parallel,
     fig_param_scatter,
     importance_html,
     leaderboard_html,
@@ -251,3 +252,22 @@ def test_main_refuses_a_folder_without_leaderboard(
 
     assert main([str(tmp_path)]) == 2
     assert "no leaderboard" in capsys.readouterr().err
+
+
+def test_categorical_and_bool_params_get_category_axes(study_dir: Path) -> None:
+    frame = load_study(study_dir).frame.copy()
+    variants = ["reweight", "hard_negative"] * len(frame)
+    frame["param.loss.penalty_variant"] = variants[: len(frame)]
+    frame["param.loss.gather"] = [i % 2 == 0 for i in range(len(frame))]
+    params = ["loss.alpha", "loss.penalty_variant", "loss.gather"]
+    fig = fig_parallel(frame, params, METRIC, frozenset({"loss.alpha"}))
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"hard_negative", "reweight"} <= texts  # the axis ends name the categories (sorted)
+    scored = frame[frame[METRIC].notna()]
+    lines = [ln for ln in fig.axes[0].get_lines() if len(np.asarray(ln.get_xdata())) == 4]
+    assert len(lines) == len(scored)
+    for line, (_, row) in zip(lines, scored.iterrows(), strict=True):
+        y = np.asarray(line.get_ydata())
+        assert y[1] == (1.0 if row["param.loss.penalty_variant"] == "reweight" else 0.0)
+        assert y[2] == (1.0 if row["param.loss.gather"] else 0.0)
+    assert fig_param_scatter(frame, "loss.penalty_variant", METRIC).axes[0].get_xscale() == "linear"
