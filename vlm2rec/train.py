@@ -37,7 +37,7 @@ from vlm2rec.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from vlm2rec.config import RunConfig, to_dict
+from vlm2rec.config import LossConfig, RunConfig, to_dict
 from vlm2rec.data.catalogue import Catalogue
 from vlm2rec.data.loader import SequenceBatch, train_loader
 from vlm2rec.data.splits import Splits, make_splits
@@ -119,6 +119,32 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+def _loss_parts(model: nn.Module, batch: SequenceBatch, lc: LossConfig) -> dict[str, torch.Tensor]:
+    """Encode the batch (sequences + the targets' three views), gather it, and score the global
+    batch with the VLM2Rec objective; returns every named loss part (``losses.vlm2rec_loss``)."""
+    u, v = model(batch.histories, batch.targets)  # [b, D], {view: [b, D]}
+    views = [u, v["both"], v["text"], v["image"]]
+    item_ids = batch.targets
+    if lc.gather:  # global in-batch negatives: 4 x [W*b, D]
+        views = [all_gather_with_grad(t) for t in views]
+        item_ids = all_gather_no_grad(item_ids)
+    seq, both, text, image = views
+    return vlm2rec_loss(
+        seq,
+        both,
+        text,
+        image,
+        item_ids,
+        temperature=lc.temperature,
+        alpha=lc.alpha,
+        beta=lc.beta,
+        topology_temperature=lc.topology_temperature,
+        penalty_variant=lc.penalty_variant,
+        weak_modality=lc.weak_modality,
+        topology_variant=lc.topology_variant,
+    )
+
+
 def _train_epoch(
     model: nn.Module,
     batches: Iterable[SequenceBatch],
@@ -134,7 +160,6 @@ def _train_epoch(
     steps = 0
     accum = cfg.optim.grad_accum_steps
     params = [p for p in model.parameters() if p.requires_grad]
-    lc = cfg.loss
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(batches):
         batch = batch.to(device)
@@ -142,27 +167,7 @@ def _train_epoch(
         # Gradients are synchronised only on the micro-step that ends an accumulation window.
         skip_sync = isinstance(model, nn.parallel.DistributedDataParallel) and not sync
         with model.no_sync() if skip_sync else contextlib.nullcontext(), autocast(device):  # type: ignore[operator]
-            u, v = model(batch.histories, batch.targets)  # [b, D], {view: [b, D]}
-            views = [u, v["both"], v["text"], v["image"]]
-            item_ids = batch.targets
-            if lc.gather:  # global in-batch negatives: 4 x [W*b, D]
-                views = [all_gather_with_grad(t) for t in views]
-                item_ids = all_gather_no_grad(item_ids)
-            seq, both, text, image = views
-            parts = vlm2rec_loss(
-                seq,
-                both,
-                text,
-                image,
-                item_ids,
-                temperature=lc.temperature,
-                alpha=lc.alpha,
-                beta=lc.beta,
-                topology_temperature=lc.topology_temperature,
-                penalty_variant=lc.penalty_variant,
-                weak_modality=lc.weak_modality,
-                topology_variant=lc.topology_variant,
-            )
+            parts = _loss_parts(model, batch, cfg.loss)
         loss = parts["loss"]
         if not torch.isfinite(loss):
             detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
