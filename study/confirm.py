@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -66,8 +67,6 @@ __all__ = [
 METRICS = ("test/ndcg@10", "test/recall@10")
 SEED_START = 1000  #: fresh seeds count up from here (studies use small seeds)
 _RUNS = Path("confirm") / "runs.jsonl"
-
-# ----------------------------------------------------------------------------- statistics
 
 
 def _beta_fraction(a: float, b: float, x: float) -> float:
@@ -227,9 +226,6 @@ def paired_t_test(x: Sequence[float], y: Sequence[float], level: float = 0.95) -
     return PairedTest(n, mean, half, t, p)
 
 
-# ----------------------------------------------------------------------------- what to re-run
-
-
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """One configuration to confirm."""
@@ -289,9 +285,6 @@ def fresh_seeds(used: Iterable[int], n: int, start: int = SEED_START) -> list[in
     return seeds
 
 
-# ----------------------------------------------------------------------------- running
-
-
 def run_one(
     config: Mapping[str, Any], seed: int, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, float]:
@@ -312,6 +305,11 @@ def run_one(
 Runner = Callable[[Mapping[str, Any], int, Mapping[str, Any]], Mapping[str, float]]
 
 
+def _setup_hash(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    text = json.dumps([config, overrides], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _done_runs(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -330,11 +328,9 @@ def run_confirm(
     path = Path(study_dir) / _RUNS
     path.parent.mkdir(parents=True, exist_ok=True)
     overrides = dict(overrides or {})
-    runs = [
-        r
-        for r in _done_runs(path)
-        if r.get("overrides", {}) == overrides  # a different --set is a different experiment
-    ]
+    setup = {c.trial_id: _setup_hash(c.config, overrides) for c in candidates}
+    # a run on disk counts only for the same config and --set: anything else is another experiment
+    runs = [r for r in _done_runs(path) if setup.get(r["trial_id"]) == r.get("setup")]
     done = {(r["trial_id"], r["seed"]) for r in runs}
     for cand in candidates:
         for seed in seeds:
@@ -344,12 +340,12 @@ def run_confirm(
             metrics = dict(runner(cand.config, seed, overrides))
             row = {"trial_id": cand.trial_id, "kind": cand.kind, "seed": seed, **metrics}
             with path.open("a") as fh:  # one line per finished run: an interrupted rerun resumes
-                fh.write(json.dumps({**row, "overrides": overrides}) + "\n")
+                fh.write(json.dumps({**row, "setup": setup[cand.trial_id]}) + "\n")
             runs.append(row)
             print(f"[confirm {cand.trial_id}] seed {seed}: " + _fmt(metrics), flush=True)
     wanted = {(c.trial_id, s) for c in candidates for s in seeds}
     kept = [
-        {k: v for k, v in r.items() if k != "overrides"}
+        {k: v for k, v in r.items() if k != "setup"}
         for r in runs
         if (r["trial_id"], r["seed"]) in wanted
     ]

@@ -4,6 +4,7 @@ fabricated study whose configs train tiny-clip for one epoch on the shared 60-us
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -214,6 +215,9 @@ def test_run_confirm_resumes_and_summary_pairs_by_seed(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(runs, again)
     run_confirm(tmp_path, cands, [1000], {"train.epochs": 1}, runner=_fake_runner(calls))
     assert len(calls) == 8  # other overrides are another experiment
+    changed = [dataclasses.replace(cands[1], config={"trial": "a", "lr": 1})]
+    run_confirm(tmp_path, changed, [1000], runner=_fake_runner(calls))
+    assert calls[-1] == ("a", 1000) and len(calls) == 9  # so is another config under the same id
 
     summary = summarise(runs, cands).set_index("trial_id")
     ref = runs[runs.trial_id == "ref"].sort_values("seed")
