@@ -69,6 +69,7 @@ workers_per_trial = 2
 cpus_per_worker = 0.5
 max_concurrent_trials = 1
 reference = {reference}
+max_failures = {max_failures}
 [params."{param}"]
 type = "categorical"
 choices = {choices}
@@ -86,10 +87,18 @@ FAST_RAY_ENV = {
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-def _study(root: Path, name: str, *, reference: bool, param: str, choices: str) -> list[str]:
+def _study(
+    root: Path, name: str, *, reference: bool, param: str, choices: str, max_failures: int = 0
+) -> list[str]:
     """Write base + space TOML under ``root``; return the run_search argv."""
     (root / "base.toml").write_text(BASE.format(data=root / "data"))
-    space = SPACE.format(name=name, reference=str(reference).lower(), param=param, choices=choices)
+    space = SPACE.format(
+        name=name,
+        reference=str(reference).lower(),
+        max_failures=max_failures,
+        param=param,
+        choices=choices,
+    )
     (root / "space.toml").write_text(space)
     return ["--space", str(root / "space.toml"), "--storage", str(root / "studies")]
 
@@ -256,8 +265,16 @@ def test_unwritable_storage_is_refused_before_ray(
 @pytest.mark.slow
 def test_worker_killed_mid_epoch_resumes_and_nan_trial_is_an_error_row(tmp_path: Path) -> None:
     """Drills 1 and 4 in one study (one Ray start-up): lr 1e-3 trains, lr 1e30 turns the loss NaN at
-    step 2; rank 1 of the training trial SIGKILLs itself after training epoch 2, before reporting."""
-    argv = _study(tmp_path, "drill", reference=False, param="optim.lr", choices="[0.001, 1e30]")
+    step 2; rank 1 of the training trial SIGKILLs itself after training epoch 2, before reporting.
+    Without a restart (``max_failures = 0``) the killed trial would be an error row."""
+    argv = _study(
+        tmp_path,
+        "drill",
+        reference=False,
+        param="optim.lr",
+        choices="[0.001, 1e30]",
+        max_failures=1,  # one restart for the killed worker (the NaN trial is retried once too)
+    )
     marker, log = tmp_path / "killed", tmp_path / "run.log"
     kill = dict(zip(FAULT_ENV, ("1", "2", str(marker)), strict=True))
     t0 = time.perf_counter()
