@@ -135,6 +135,12 @@ def test_tensorboard_runs_have_scalars_and_hparams(finished_study: Path) -> None
     assert len(hparams) == 5  # every trial, the failed ones and the reference included
 
 
+def test_the_study_report_is_written(finished_study: Path) -> None:
+    html = (finished_study / "report.html").read_text()
+    pngs = sorted((finished_study / "report").glob("*.png"))
+    assert pngs and all(p.name in html for p in pngs)
+
+
 def test_rerun_of_a_finished_study_says_so(
     finished_study: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
