@@ -59,3 +59,16 @@ def ray_local() -> Iterator[None]:
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1")
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a test module: tiny models gain nothing from two, and on a loaded
+    2-core machine OpenMP's spinning threads made the same fit 20x slower. Module scope so it
+    precedes module-scoped runs (use ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

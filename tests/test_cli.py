@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vlm2rec.cli import console
@@ -24,15 +22,7 @@ BASE = Path(__file__).resolve().parents[1] / "search_spaces" / "base" / "synthet
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny models gain nothing from two, and on a loaded 2-core machine
-    OpenMP's spinning threads made the same fit 20x slower. Module scope so it precedes the
-    module-scoped runs; restored afterwards for other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _split_keys(split: str) -> set[str]:

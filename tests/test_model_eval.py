@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -24,15 +23,7 @@ from vlm2rec.train import RunState, build_run
 KS = (5, 10, 20)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny models gain nothing from two, and on a loaded 2-core machine
-    OpenMP's spinning threads made the same fit 20x slower. Module scope so it precedes the
-    module-scoped runs; restored afterwards for other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import datetime
 import os
 import shutil
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +76,7 @@ def make_cfg(data: Path, synthetic: SyntheticConfig, **overrides: Any) -> RunCon
     return apply_overrides(RunConfig(), base | overrides)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny models gain nothing from two, and on a loaded 2-core machine
-    OpenMP's spinning threads made the same fit 20x slower. Module scope so it precedes the
-    module-scoped runs; restored afterwards for other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
