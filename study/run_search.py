@@ -25,10 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = REPO / "search_spaces" / "default.toml"
 DRIVER_CPUS = 0.5  #: CPU share of each trial's Tune driver (its workers ask for their own)
 
-# Tune's automatic CSV/JSON/TBX loggers duplicate our records and rename tags ('@' -> '_').
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
 from study.search_space import (  # noqa: E402
     CategoricalParam,
     SearchSpec,
@@ -220,6 +216,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     check_storage(study_dir)
     from study.leaderboard import LeaderboardError
+
+    # Tune's automatic CSV/JSON/TBX loggers duplicate our records and rename tags ('@' -> '_').
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from study.tune_runner import run_study
 
     try:

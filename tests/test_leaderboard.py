@@ -244,8 +244,8 @@ def test_cli_merges_study_folders(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
 def test_rebuild_from_tune_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray
     from ray import tune
 
     # Defined inside the test so cloudpickle ships it by value (tests/ is not importable on workers).
@@ -274,14 +274,12 @@ def test_rebuild_from_tune_experiment(tmp_path: Path, monkeypatch: pytest.Monkey
             run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0),
         ).fit()
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    try:
-        run("exp", [0.0, 0.25, 1.0])
-        # The study turns Tune's own loggers off: then only each trial's last report survives.
-        monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        run("nologs", [0.25])
-    finally:
-        ray.shutdown()
+    # Tune's own loggers on (the shared Ray fixture and run_search turn them off) ...
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
+    run("exp", [0.0, 0.25, 1.0])
+    # ... and off, as in a study: then only each trial's last report survives.
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    run("nologs", [0.25])
     assert not [*(tmp_path / "nologs").rglob("result.json")], "the loggers were not off"
     (only,), _ = records_from_experiment(tmp_path / "nologs")
     assert only.history and only.history[-1]["epoch"] == 3 and only.status == "completed"
