@@ -31,6 +31,8 @@ Settings (config ``search_spaces/base/collapse.toml``: METHOD.md §9's shortcut 
 vision tower; a frozen random tower can neither learn nor collapse):
 
 * defaults, ``image_signal = 0.9``: both methods reach the ceiling (results/collapse.json);
+* ``--model tiny-qwen2vl``: the decoder VLM of the issue, 2x slower per epoch
+  (results/collapse_qwen2vl.json);
 * ``--set data.synthetic.image_signal=0.5 --epochs 6``: the image carries less signal and is learned
   late, leaving headroom (results/collapse_image_signal_0.5.json).
 
