@@ -72,3 +72,34 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+#: Run config of the Ray study tests (``{data}``: dataset folder): the tiny benchmark, tiny-clip,
+#: 2 epochs of batch 16, so that a trial is mostly Ray start-up.
+TINY_STUDY_BASE = """
+seed = 0
+[data]
+path = "{data}"
+history_length = 3
+[data.synthetic]
+users = 60
+items = 32
+shapes = 4
+brands = 4
+colours = 2
+min_length = 5
+max_length = 8
+image_size = 16
+[embedder]
+name = "tiny-clip"
+finetune = "full"
+[train]
+epochs = 2
+batch_size = 16
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_study_base() -> str:
+    """The TOML template (``{data}`` = dataset folder) every Ray study test starts from."""
+    return TINY_STUDY_BASE

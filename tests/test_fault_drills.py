@@ -34,28 +34,6 @@ from vlm2rec.checkpoint import PROGRESS
 
 REPO = Path(__file__).resolve().parents[1]
 
-BASE = """
-seed = 0
-[data]
-path = "{data}"
-history_length = 3
-[data.synthetic]
-users = 60
-items = 32
-shapes = 4
-brands = 4
-colours = 2
-min_length = 5
-max_length = 8
-image_size = 16
-[embedder]
-name = "tiny-clip"
-finetune = "full"
-[train]
-epochs = 2
-batch_size = 16
-"""
-
 SPACE = """
 base = "base.toml"
 [study]
@@ -88,10 +66,17 @@ FAST_RAY_ENV = {
 
 # ---- helpers ----------------------------------------------------------------------------------
 def _study(
-    root: Path, name: str, *, reference: bool, param: str, choices: str, max_failures: int = 0
+    root: Path,
+    base: str,
+    name: str,
+    *,
+    reference: bool,
+    param: str,
+    choices: str,
+    max_failures: int = 0,
 ) -> list[str]:
     """Write base + space TOML under ``root``; return the run_search argv."""
-    (root / "base.toml").write_text(BASE.format(data=root / "data"))
+    (root / "base.toml").write_text(base.format(data=root / "data"))
     space = SPACE.format(
         name=name,
         reference=str(reference).lower(),
@@ -229,11 +214,16 @@ def test_unwritable_leaderboard_folder_is_an_error_naming_the_path(
 
 
 def test_storage_failure_mid_study_is_one_error_line_and_exit_1(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tiny_study_base: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A leaderboard write failing inside the study (disk full) stops it with a message, not a
     traceback, and leaves the study resumable (not marked done)."""
-    argv = _study(tmp_path, "full", reference=False, param="loss.alpha", choices="[0.1, 1.0]")
+    argv = _study(
+        tmp_path, tiny_study_base, "full", reference=False, param="loss.alpha", choices="[0.1, 1.0]"
+    )
     from study import tune_runner
 
     where = tmp_path / "studies" / "full" / "leaderboard.parquet"
@@ -249,9 +239,11 @@ def test_storage_failure_mid_study_is_one_error_line_and_exit_1(
 
 
 def test_unwritable_storage_is_refused_before_ray(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_study_base: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = _study(tmp_path, "ro", reference=False, param="loss.alpha", choices="[0.1, 1.0]")
+    argv = _study(
+        tmp_path, tiny_study_base, "ro", reference=False, param="loss.alpha", choices="[0.1, 1.0]"
+    )
     blocker = tmp_path / "file-not-folder"
     blocker.write_text("")  # even root cannot create a folder under a regular file
     argv[argv.index("--storage") + 1] = str(blocker)
@@ -263,12 +255,15 @@ def test_unwritable_storage_is_refused_before_ray(
 # ---- drills with Ray (subprocesses) -----------------------------------------------------------
 @pytest.mark.ray
 @pytest.mark.slow
-def test_worker_killed_mid_epoch_resumes_and_nan_trial_is_an_error_row(tmp_path: Path) -> None:
+def test_worker_killed_mid_epoch_resumes_and_nan_trial_is_an_error_row(
+    tmp_path: Path, tiny_study_base: str
+) -> None:
     """Drills 1 and 4 in one study (one Ray start-up): lr 1e-3 trains, lr 1e30 turns the loss NaN at
     step 2; rank 1 of the training trial SIGKILLs itself after training epoch 2, before reporting.
     Without a restart (``max_failures = 0``) the killed trial would be an error row."""
     argv = _study(
         tmp_path,
+        tiny_study_base,
         "drill",
         reference=False,
         param="optim.lr",
@@ -298,11 +293,15 @@ def test_worker_killed_mid_epoch_resumes_and_nan_trial_is_an_error_row(tmp_path:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_driver_sigkill_then_ctrl_c_then_rerun_runs_every_trial_once(tmp_path: Path) -> None:
+def test_driver_sigkill_then_ctrl_c_then_rerun_runs_every_trial_once(
+    tmp_path: Path, tiny_study_base: str
+) -> None:
     """Drills 2 and 3 in one study: SIGKILL the driver's process group once the reference trial
     finished and a searched trial is running; rerun; Ctrl-C (SIGINT to the group) once a searched
     trial finished; rerun to the end. Finished trials are never re-run."""
-    argv = _study(tmp_path, "crash", reference=True, param="loss.alpha", choices="[0.1, 1.0]")
+    argv = _study(
+        tmp_path, tiny_study_base, "crash", reference=True, param="loss.alpha", choices="[0.1, 1.0]"
+    )
     study_dir, log = tmp_path / "studies" / "crash", tmp_path / "run.log"
     t0 = time.perf_counter()
 

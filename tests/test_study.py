@@ -13,28 +13,6 @@ from study import run_search
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-BASE = """
-seed = 0
-[data]
-path = "{data}"
-history_length = 3
-[data.synthetic]
-users = 60
-items = 32
-shapes = 4
-brands = 4
-colours = 2
-min_length = 5
-max_length = 8
-image_size = 16
-[embedder]
-name = "tiny-clip"
-finetune = "full"
-[train]
-epochs = 2
-batch_size = 16
-"""
-
 SPACE = """
 base = "base.toml"
 [study]
@@ -60,9 +38,11 @@ choices = [0.002, 1e30]
 
 
 @pytest.fixture(scope="module")
-def finished_study(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finished_study(
+    ray_local: None, tiny_study_base: str, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     root = tmp_path_factory.mktemp("study")
-    (root / "base.toml").write_text(BASE.format(data=root / "data"))
+    (root / "base.toml").write_text(tiny_study_base.format(data=root / "data"))
     (root / "space.toml").write_text(SPACE)
     argv = ["--space", str(root / "space.toml"), "--storage", str(root / "studies")]
     assert run_search.main(argv) == 0
