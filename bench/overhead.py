@@ -1,0 +1,274 @@
+r"""What the study machinery costs: the same trials through ``run_search.py`` vs plain ``fit`` calls.
+
+For each trial size, ``--trials`` K trials (the same configs and seeds: ``loss.alpha`` takes K grid
+values, everything else is fixed) run twice, one after the other:
+
+* **study**: ``python study/run_search.py --space <generated TOML>`` in a fresh process: local Ray,
+  Tune (grid sampler, no scheduler, one trial at a time), one Ray Train worker per trial, our
+  callbacks (trial records, leaderboard, TensorBoard) and the report at the end;
+* **plain**: ``python bench/overhead.py --plain <same TOML>`` in a fresh process: the K run configs
+  trained one after another by ``vlm2rec.train.fit`` with checkpoints (what ``vlm2rec.cli train``
+  does), no Ray.
+
+Both use one torch thread for training and the same dataset (built before either is timed). Wall
+time is taken around each process, so both include Python and torch imports.
+
+Headline: study wall / plain wall for the smallest trials (where the fixed cost shows most); the
+table prints the ratio for every size and the fixed cost per trial, ``(study - plain) / K``. The
+study's wall time is split into what happens before and after Tune runs (Ray start-up, report,
+shutdown), between trials (Tune's trial start and bookkeeping) and inside trials beyond the plain
+fit (Train's worker group, per-epoch reports and checkpoint uploads).
+
+Both paths must train the same models: the script checks that each trial's ``val/ndcg@10`` in the
+study's leaderboard equals the plain run's (``max_abs_metric_diff`` in the JSON).
+
+Usage::
+
+    python bench/overhead.py                        # K = 2 trials at each of 3 sizes, ~15 min
+    python bench/overhead.py --sizes 5s --trials 1 --out /tmp/overhead.json   # smoke, ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# bench/ is a folder of scripts, not a package: put it on the path so `common` imports from anywhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import headline, write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "search_spaces" / "base" / "synthetic.toml"
+#: trial sizes, named by the plain work they aim at on one CPU thread (the JSON has the measured work)
+SIZES: dict[str, dict[str, Any]] = {
+    "5s": {"data.synthetic.users": 250, "train.epochs": 1},
+    "30s": {"data.synthetic.users": 500, "train.epochs": 3},
+    "120s": {"data.synthetic.users": 500, "train.epochs": 12},
+}
+#: the grid values of loss.alpha that tell the K trials apart
+ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+METRIC = "val/ndcg@10"
+
+
+def space_toml(size: str, trials: int, data_root: Path) -> str:
+    """The study file of one size: K grid trials, no reference, no scheduler, one worker."""
+    knobs = SIZES[size]
+    users = knobs["data.synthetic.users"]
+    fixed = {
+        "data.path": str(data_root / f"overhead-u{users}"),
+        "train.batch_size": 64,
+        **knobs,
+    }
+    lines = [
+        f'base = "{BASE}"',
+        "[study]",
+        f'name = "overhead-{size}"',
+        f'metric = "{METRIC}"',
+        f"num_samples = {trials}",
+        'sampler = "grid"',
+        'scheduler = "none"',
+        f"max_t = {knobs['train.epochs']}",
+        "grace_period = 1",
+        "workers_per_trial = 1",
+        "cpus_per_worker = 1.0  # -> 1 torch thread, as the plain runs",
+        "max_concurrent_trials = 1",
+        "reference = false",
+        "[fixed]",
+        *(f'"{k}" = {json.dumps(v)}' for k, v in fixed.items()),
+        '[params."loss.alpha"]',
+        'type = "categorical"',
+        f"choices = {list(ALPHAS[:trials])}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def grid_points(space: Path) -> list[dict[str, Any]]:
+    """Every point of the study's categorical grid (the trials the grid sampler will run)."""
+    from study.search_space import CategoricalParam, load_search_spec
+
+    spec = load_search_spec(space)
+    params = [p for p in spec.params if isinstance(p, CategoricalParam)]
+    return [
+        {p.path: v for p, v in zip(params, values, strict=True)}
+        for values in itertools.product(*(p.choices for p in params))
+    ]
+
+
+def run_plain(space: Path, out: Path) -> None:
+    """Child process: train every grid point with ``fit``, one after another; write the records."""
+    import torch
+
+    from study.search_space import load_search_spec
+    from vlm2rec.train import fit
+
+    torch.set_num_threads(1)
+    spec = load_search_spec(space)
+    records = []
+    for point in grid_points(space):
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="overhead-ckpt-") as ckpt:
+            result = fit(spec.run_config(point), checkpoint_root=ckpt)
+        fit_s = time.perf_counter() - t0
+        records.append({"params": point, "fit_s": fit_s, METRIC: result.best_metric})
+    out.write_text(json.dumps(records) + "\n")
+
+
+def _timed(cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` from the repo root with its output in ``log``; its wall seconds (raises on failure)."""
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; see {log}")
+    return wall
+
+
+def _study_record(study_dir: Path) -> dict[str, Any]:
+    """Per-trial metric and Tune wall time from the leaderboard; the Tune phase from study_done.json."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(study_dir / "leaderboard.parquet").to_pylist()
+    done = json.loads((study_dir / "study_done.json").read_text())
+    trials = [
+        {"params": {"loss.alpha": r["param.loss.alpha"]}, "trial_s": r["wall_s"], METRIC: r[METRIC]}
+        for r in rows
+    ]
+    return {"tune_s": float(done["wall_s"]), "trials": trials}
+
+
+def measure(size: str, trials: int, work: Path) -> dict[str, Any]:
+    """Study vs plain for one size; both processes run here, study first."""
+    from study.search_space import load_search_spec
+    from vlm2rec.data.synthetic import ensure_dataset
+
+    space = work / f"overhead-{size}.toml"
+    space.write_text(space_toml(size, trials, work / "data"))
+    ensure_dataset(load_search_spec(space).base_config().data)  # not timed, shared by both
+    load_before = os.getloadavg()[0]  # other jobs on the machine inflate both walls
+    storage = work / "studies"
+    study_cmd = [sys.executable, "study/run_search.py", "--space", str(space)]
+    study_wall = _timed([*study_cmd, "--storage", str(storage)], work / f"study-{size}.log")
+    plain_json = work / f"plain-{size}.json"
+    plain_cmd = [sys.executable, "bench/overhead.py", "--plain", str(space), "--plain-out"]
+    plain_wall = _timed([*plain_cmd, str(plain_json)], work / f"plain-{size}.log")
+    plain = json.loads(plain_json.read_text())
+    study = _study_record(storage / f"overhead-{size}")
+    row = summarise(size, trials, study_wall, plain_wall, study, plain)
+    return {**row, "load_average_1min_before_after": [load_before, os.getloadavg()[0]]}
+
+
+def summarise(
+    size: str,
+    trials: int,
+    study_wall: float,
+    plain_wall: float,
+    study: Mapping[str, Any],
+    plain: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Ratios, the fixed cost per trial and where the study's extra time goes."""
+    by_alpha = {p["params"]["loss.alpha"]: p for p in plain}
+    diffs = [abs(t[METRIC] - by_alpha[t["params"]["loss.alpha"]][METRIC]) for t in study["trials"]]
+    fit_s = sum(p["fit_s"] for p in plain)
+    trial_s = sum(t["trial_s"] for t in study["trials"])
+    return {
+        "size": size,
+        "trials": trials,
+        "knobs": SIZES[size],
+        "plain_fit_s_per_trial": fit_s / trials,
+        "study_wall_s": study_wall,
+        "plain_wall_s": plain_wall,
+        "ratio": study_wall / plain_wall,
+        "fixed_cost_s_per_trial": (study_wall - plain_wall) / trials,
+        "study_split_s": {
+            "outside_tune": study_wall - study["tune_s"],  # imports, Ray start, report, shutdown
+            "between_trials": study["tune_s"] - trial_s,  # Tune's trial start-up and bookkeeping
+            "inside_trials_beyond_fit": trial_s - fit_s,  # Train worker group, reports, uploads
+        },
+        "plain_outside_fit_s": plain_wall - fit_s,  # imports and dataset reads
+        "max_abs_metric_diff": max(diffs) if diffs else None,
+        "study": study,
+        "plain": list(plain),
+    }
+
+
+def _print_table(rows: Sequence[Mapping[str, Any]]) -> None:
+    print(
+        f"\n{'size':<5} {'K':>2} {'fit/trial':>9} {'plain':>7} {'study':>7} {'ratio':>6} "
+        f"{'fixed/trial':>11} {'outside':>8} {'between':>8} {'in-trial':>8} {'|dmetric|':>9}"
+    )
+    for r in rows:
+        s = r["study_split_s"]
+        print(
+            f"{r['size']:<5} {r['trials']:>2} {r['plain_fit_s_per_trial']:>8.1f}s "
+            f"{r['plain_wall_s']:>6.1f}s {r['study_wall_s']:>6.1f}s {r['ratio']:>5.2f}x "
+            f"{r['fixed_cost_s_per_trial']:>10.1f}s {s['outside_tune']:>7.1f}s "
+            f"{s['between_trials']:>7.1f}s {s['inside_trials_beyond_fit']:>7.1f}s "
+            f"{r['max_abs_metric_diff']:>9.1e}"
+        )
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--trials", type=int, default=2, help=f"K trials per size (1-{len(ALPHAS)})")
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
+    p.add_argument("--plain", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--plain-out", type=Path, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> Path | None:
+    args = _parse(argv)
+    sys.path.insert(0, str(ROOT))  # `study` is a folder of the repository, not an installed package
+    if args.plain:
+        run_plain(args.plain, args.plain_out)
+        return None
+    if not 1 <= args.trials <= len(ALPHAS):
+        raise SystemExit(f"--trials: expected 1..{len(ALPHAS)}, got {args.trials}")
+    env_threads = os.environ.get("OMP_NUM_THREADS")
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        work = (args.work or Path(tmp)).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for size in args.sizes:
+            print(
+                f"size {size}: {args.trials} trials via run_search.py, then plain fit", flush=True
+            )
+            rows.append(measure(size, args.trials, work))
+            _print_table(rows[-1:])
+    _print_table(rows)
+    first = rows[0]
+    head = headline(
+        f"study wall / plain wall, {first['size']} trials (K = {args.trials})", first["ratio"], "x"
+    )
+    payload = {
+        "setting": {
+            "base": str(BASE.relative_to(ROOT)),
+            "trials_per_size": args.trials,
+            "alphas": list(ALPHAS[: args.trials]),
+            "torch_threads": 1,
+            "OMP_NUM_THREADS": env_threads,
+            "command": "python bench/overhead.py " + " ".join(argv or sys.argv[1:]),
+        },
+        "results": rows,
+    }
+    path = write_result("overhead", head, payload, out=args.out)
+    print(f"wrote {path}")
+    print(f"headline: {head['name']} = {first['ratio']:.2f}x")
+    return path
+
+
+if __name__ == "__main__":
+    main()
