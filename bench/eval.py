@@ -31,6 +31,11 @@ Usage::
 
     python bench/eval.py                                   # 10k, 100k, 1M items x 10k users
     python bench/eval.py --items 2000 --users 300 --reps 1 --out /tmp/eval.json   # smoke
+    python bench/eval.py --device cuda --dtype bf16 --out eval_bf16.json     # on a GPU
+
+``--device cuda`` moves the problem (in ``--dtype``) to the GPU, brackets each timed call with
+``torch.cuda.synchronize()``, records the peak extra CUDA memory (``torch.cuda.max_memory_allocated``)
+and makes the headline the **wall**-time ratio (process CPU time there is mostly the host waiting).
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS: tuple[str, ...] = ("ours", "floor", "gemm")
 #: memory probe, run once per size: only the input validation that ``rank_targets`` starts with
 PROBES: tuple[str, ...] = ("validation",)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Problem(NamedTuple):
@@ -116,11 +122,12 @@ def floor_topk(
     """
     cand = items[1:]  # [N, D]: candidate index j is item id j + 1
     k = min(k, cand.shape[0])
-    out = torch.empty(queries.shape[0], k, dtype=torch.long)
+    dev = queries.device
+    out = torch.empty(queries.shape[0], k, dtype=torch.long, device=dev)
     for b0 in range(0, queries.shape[0], user_batch_size):
         q = queries[b0 : b0 + user_batch_size]  # [B, D]
-        best_s = torch.empty(q.shape[0], 0)
-        best_i = torch.empty(q.shape[0], 0, dtype=torch.long)
+        best_s = torch.empty(q.shape[0], 0, dtype=q.dtype, device=dev)
+        best_i = torch.empty(q.shape[0], 0, dtype=torch.long, device=dev)
         for start in range(0, cand.shape[0], item_chunk):
             scores = q @ cand[start : start + item_chunk].T  # [B, C]
             s, i = scores.topk(min(k, scores.shape[1]), dim=1)  # [B, k]
@@ -176,23 +183,43 @@ def _rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def _to(p: Problem, device: torch.device, dtype: torch.dtype) -> Problem:
+    """The problem on ``device`` with embeddings in ``dtype`` (no copy for CPU float32)."""
+    q, items = p.queries.to(device, dtype), p.items.to(device, dtype)
+    return Problem(q, items, *(t.to(device) for t in p[2:]))
+
+
 def _worker(args: argparse.Namespace) -> dict[str, Any]:
     """One measured call in this (fresh) process: times and peak extra resident memory."""
     torch.set_num_threads(args.threads)
-    p = make_problem(args.items[0], args.users, args.dim, args.history, args.seed)
+    dev, dtype = torch.device(args.device), DTYPES[args.dtype]
+    cuda = dev.type == "cuda"
+    p = _to(make_problem(args.items[0], args.users, args.dim, args.history, args.seed), dev, dtype)
     warm = make_problem(512, 64, args.dim, 4, args.seed + 1)  # first-call costs (BLAS init)
-    run_method(args.method, warm, args.k, args.user_batch_size, min(args.item_chunk, 256))
+    run_method(
+        args.method, _to(warm, dev, dtype), args.k, args.user_batch_size, min(args.item_chunk, 256)
+    )
+    cuda_before = 0
+    if cuda:
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        cuda_before = torch.cuda.memory_allocated(dev)
     before = _rss_bytes()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     run_method(args.method, p, args.k, args.user_batch_size, args.item_chunk)
+    if cuda:
+        torch.cuda.synchronize(dev)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    return {
+    out = {
         "wall_s": wall,
         "cpu_s": cpu,
         "peak_extra_rss_bytes": max(0, peak - before),
         "peak_rss_bytes": peak,
     }
+    if cuda:
+        out["peak_extra_cuda_bytes"] = torch.cuda.max_memory_allocated(dev) - cuda_before
+    return out
 
 
 def _spawn(args: argparse.Namespace, n_items: int, method: str) -> dict[str, Any]:
@@ -201,7 +228,7 @@ def _spawn(args: argparse.Namespace, n_items: int, method: str) -> dict[str, Any
     cmd += ["--items", str(n_items), "--users", str(args.users), "--dim", str(args.dim)]
     cmd += ["--history", str(args.history), "--k", str(args.k), "--seed", str(args.seed)]
     cmd += ["--user-batch-size", str(args.user_batch_size), "--item-chunk", str(args.item_chunk)]
-    cmd += ["--threads", str(args.threads)]
+    cmd += ["--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -222,6 +249,7 @@ def _measure_size(args: argparse.Namespace, n_items: int, reps: int) -> dict[str
     probe = _spawn(args, n_items, "validation")
     print(f"  N={n_items} validation probe: {probe}", flush=True)
     b, c = args.user_batch_size, args.item_chunk
+    size = DTYPES[args.dtype].itemsize  # bytes per score
     return {
         "items": n_items,
         "users": args.users,
@@ -232,8 +260,8 @@ def _measure_size(args: argparse.Namespace, n_items: int, reps: int) -> dict[str
         "cpu_ratio": med["ours"]["cpu_s"] / med["floor"]["cpu_s"],
         "cpu_ratio_vs_gemm": med["ours"]["cpu_s"] / med["gemm"]["cpu_s"],
         "wall_ratio": med["ours"]["wall_s"] / med["floor"]["wall_s"],
-        "theory_block_bytes": {"ours": 4 * b * (min(c, n_items) + b), "floor": 4 * b * c},
-        "theory_unblocked_bytes": 4 * args.users * n_items,
+        "theory_block_bytes": {"ours": size * b * (min(c, n_items) + b), "floor": size * b * c},
+        "theory_unblocked_bytes": size * args.users * n_items,
     }
 
 
@@ -272,6 +300,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--largest-reps", type=int, default=1, help="repetitions at the largest size")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="embedding dtype")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", choices=METHODS + PROBES, default="ours", help=argparse.SUPPRESS)
@@ -295,8 +325,12 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
         for n in sizes
     ]
     lines = _table(rows)
-    ratio = rows[-1]["cpu_ratio"]
-    name = f"rank_targets / floor CPU time ({sizes[-1]} items x {args.users} users)"
+    clock = "wall" if args.device == "cuda" else "cpu"  # CPU time on CUDA: the host waiting
+    ratio = rows[-1][f"{clock}_ratio"]
+    name = f"rank_targets / floor {'CPU' if clock == 'cpu' else 'wall'} time"
+    name += f" ({sizes[-1]} items x {args.users} users)"
+    if (args.device, args.dtype) != ("cpu", "fp32"):
+        name += f" [{args.device}, {args.dtype}]"
     head = headline(name, ratio, "x")
     settings = {k: v for k, v in vars(args).items() if k not in ("worker", "method", "out")}
     path = write_result("eval", head, {"settings": settings, "results": rows}, args.out)

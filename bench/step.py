@@ -34,6 +34,10 @@ Usage::
 
     python bench/step.py                      # defaults: tiny-qwen2vl and tiny-clip, batch 64
     python bench/step.py --reps 2 --batch-size 8 --models tiny-clip --out /tmp/step.json  # smoke
+    python bench/step.py --device cuda --dtype bf16 --models MODEL_FOLDER --out step_bf16.json
+
+On CUDA each timed call is bracketed by ``torch.cuda.synchronize()`` and the headline is the ratio
+of **wall** times (process CPU time there is mostly the host waiting for the device).
 """
 
 from __future__ import annotations
@@ -135,10 +139,15 @@ def _loss_only(loss: LossFn, u: Tensor, v: dict[str, Tensor], ids: Tensor) -> No
     loss(u, v, ids).backward()
 
 
-def _timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """``(wall s, process CPU s)`` of one call."""
+def _timed(fn: Callable[[], object], device: torch.device | None = None) -> tuple[float, float]:
+    """``(wall s, process CPU s)`` of one call (on CUDA: queued work finished on both ends)."""
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -149,15 +158,23 @@ def _rotated(names: Sequence[str], r: int) -> list[str]:
 
 
 def _config(
-    model: str, batch_size: int, data: Path, config: Path, overrides: Mapping[str, Any]
+    model: str,
+    batch_size: int,
+    data: Path,
+    config: Path,
+    overrides: Mapping[str, Any],
+    device: str = "cpu",
+    dtype: str | None = None,
 ) -> RunConfig:
     over = {
         **overrides,
         "embedder.name": model,
         "train.batch_size": batch_size,
-        "train.device": "cpu",
+        "train.device": device,
         "data.path": str(data),
     }
+    if dtype is not None:
+        over["embedder.dtype"] = dtype
     return load_config(config, over)
 
 
@@ -168,14 +185,20 @@ def measure_model(
     data: Path,
     config: Path = DEFAULT_CONFIG,
     overrides: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Step and loss-only times of every variant on one model; returns a JSON-ready record.
 
-    ``overrides`` are dotted config paths applied to ``config`` (``data.synthetic.users``...).
+    ``overrides`` are dotted config paths applied to ``config`` (``data.synthetic.users``...);
+    ``device`` is ``train.device``, ``dtype`` (if given) ``embedder.dtype``.
     """
-    cfg = _config(model_name, batch_size, data, config, overrides or {})
+    cfg = _config(model_name, batch_size, data, config, overrides or {}, device, dtype)
     run = build_run(cfg, DistInfo())
-    batch: SequenceBatch = next(iter(train_loader(run.splits.train, batch_size, 0, 1, cfg.seed)))
+    loader = train_loader(run.splits.train, batch_size, 0, 1, cfg.seed)
+    batch: SequenceBatch = next(iter(loader)).to(run.device)
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
     names = list(VARIANTS)
     losses = {n: loss_fn(cfg, n) for n in names}
     models: dict[str, Embedder] = {n: copy.deepcopy(run.embedder) for n in names}
@@ -210,12 +233,16 @@ def measure_model(
             def loss_only(n: str = n, views: tuple[str, ...] = views) -> None:
                 _loss_only(losses[n], u, {k: v[k] for k in views}, batch.targets)
 
-            t_step, t_loss = _timed(step), _timed(loss_only)
+            t_step, t_loss = _timed(step, run.device), _timed(loss_only, run.device)
             if r >= 0:
                 times[n]["step"].append(t_step)
                 times[n]["loss"].append(t_loss)
     trainable = sum(p.numel() for p in run.embedder.parameters() if p.requires_grad)
+    extra: dict[str, int] = {}
+    if run.device.type == "cuda":  # all four model copies and their optimisers together
+        extra["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(run.device)
     return {
+        **extra,
         "trainable_params": trainable,
         "plain_fused_loss_abs_diff": diff,
         "variants": _summary(batch_size, times, first_loss),
@@ -279,15 +306,16 @@ def _summary(
 
 
 def _table(results: dict[str, dict[str, Any]]) -> list[str]:
+    w = max(14, *(len(m) + 2 for m in results))  # model column: fits a folder name
     head = (
-        f"{'model':<14}{'variant':<13}{'step cpu ms':>12}{'wall ms':>10}{'loss cpu ms':>13}"
+        f"{'model':<{w}}{'variant':<13}{'step cpu ms':>12}{'wall ms':>10}{'loss cpu ms':>13}"
         f"{'samples/s (cpu)':>17}{'cpu / plain':>13}{'wall / plain':>14}"
     )
     lines = [head, "-" * len(head)]
     for model, rec in results.items():
         for n, v in rec["variants"].items():
             lines.append(
-                f"{model:<14}{n:<13}{v['step_cpu_ms_median']:>12.1f}"
+                f"{model:<{w}}{n:<13}{v['step_cpu_ms_median']:>12.1f}"
                 f"{v['step_wall_ms_median']:>10.1f}{v['loss_only_cpu_ms_median']:>13.2f}"
                 f"{v['samples_per_s_per_worker_cpu']:>17.1f}{v['step_cpu_ratio_vs_plain']:>13.3f}"
                 f"{v['step_wall_ratio_vs_plain']:>14.3f}"
@@ -311,6 +339,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="train.device")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="embedder.dtype (default: the config's)",
+    )
     args = p.parse_args(argv)
     if args.reps < 1 or args.batch_size < 2 or args.threads < 1:
         p.error("--reps and --threads must be >= 1 and --batch-size >= 2 (in-batch negatives)")
@@ -326,7 +361,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         data = args.data or Path(tmp) / "synthetic"
         over = dict(parse_override(text) for text in args.set)
         results = {
-            m: measure_model(m, args.batch_size, args.reps, data, args.config, over)
+            m: measure_model(
+                m, args.batch_size, args.reps, data, args.config, over, args.device, args.dtype
+            )
             for m in args.models
         }
     lines = _table(results)
@@ -336,8 +373,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 f"{model}: {pair} step CPU, per-round median {med:.3f} (IQR {q1:.3f}-{q3:.3f})"
             )
     key = "tiny-qwen2vl" if "tiny-qwen2vl" in results else args.models[0]
-    ratio = results[key]["variants"]["vlm2rec"]["step_cpu_ratio_vs_plain"]
-    name = f"vlm2rec / plain step CPU time ({key}, batch {args.batch_size})"
+    clock = "wall" if args.device == "cuda" else "cpu"  # CPU time on CUDA: the host waiting
+    ratio = results[key]["variants"]["vlm2rec"][f"step_{clock}_ratio_vs_plain"]
+    name = f"vlm2rec / plain step {'CPU' if clock == 'cpu' else 'wall'} time"
+    name += f" ({key}, batch {args.batch_size})"
+    if args.device != "cpu" or args.dtype is not None:
+        name += f" [{args.device}, {args.dtype or 'config dtype'}]"
     head = headline(name, ratio, "x")
     payload = {
         "settings": {
@@ -349,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             else str(args.config),
             "overrides": args.set,
             "torch_threads": torch.get_num_threads(),
+            "device": args.device,
+            "dtype": args.dtype,
             "variants": {n: {"views": list(v), "loss": o} for n, (v, o) in VARIANTS.items()},
         },
         "results": results,
