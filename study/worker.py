@@ -31,7 +31,6 @@ import torch
 from vlm2rec.checkpoint import PROGRESS
 from vlm2rec.config import RunConfig, from_dict
 from vlm2rec.distributed import DistInfo
-from vlm2rec.train import fit
 
 __all__ = ["FAULT_ENV", "RayReporter", "fault_due", "train_loop_per_worker"]
 
@@ -117,6 +116,10 @@ def _quiet_train_reports() -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """``loop_config = {"run": <RunConfig as dict>, "threads": <torch threads per worker>}``."""
+    # Imported here, not at the top: every trial's Tune driver imports this module to hand the
+    # function to TorchTrainer, and the model stack (transformers, peft) costs it ~3 s per trial.
+    from vlm2rec.train import fit
+
     _quiet_train_reports()
     torch.set_num_threads(int(loop_config.get("threads", 1)))
     cfg: RunConfig = from_dict(loop_config["run"])

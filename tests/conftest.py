@@ -48,13 +48,14 @@ def ray_local() -> Iterator[None]:
 
     import ray
 
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    for key, value in {
-        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-        "RAY_TRAIN_METRICS_ENABLED": "0",
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    from study.tune_runner import LOCAL_RAY_ENV
+
+    env = {
+        **LOCAL_RAY_ENV,
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
-    }.items():
+    }
+    for key, value in env.items():
         os.environ.setdefault(key, value)
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1")
     yield
