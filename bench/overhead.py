@@ -8,7 +8,10 @@ values, everything else is fixed) run twice, one after the other:
   callbacks (trial records, leaderboard, TensorBoard) and the report at the end;
 * **plain**: ``python bench/overhead.py --plain <same TOML>`` in a fresh process: the K run configs
   trained one after another by ``vlm2rec.train.fit`` with checkpoints (what ``vlm2rec.cli train``
-  does), no Ray.
+  does), no Ray;
+* **before** (with ``--before GIT_REF``, first): the study again, with the code of an older commit
+  checked out in a git worktree, so that an overhead reduction is measured side by side with what
+  it replaced, in the same run and under the same load.
 
 Both use one torch thread for training and the same dataset (built before either is timed). Wall
 time is taken around each process, so both include Python and torch imports.
@@ -24,13 +27,15 @@ study's leaderboard equals the plain run's (``max_abs_metric_diff`` in the JSON)
 
 Usage::
 
-    python bench/overhead.py                        # K = 2 trials at each of 3 sizes, ~15 min
+    python bench/overhead.py                        # K = 2 trials at each of 3 sizes, ~12 min
+    python bench/overhead.py --before 435915e       # + the study before the reductions, ~20 min
     python bench/overhead.py --sizes 5s --trials 1 --out /tmp/overhead.json   # smoke, ~1 min
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -38,7 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +64,9 @@ SIZES: dict[str, dict[str, Any]] = {
 #: the grid values of loss.alpha that tell the K trials apart
 ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 METRIC = "val/ndcg@10"
+#: the last commit before the overhead reductions (lazy model imports in the trial driver, local
+#: Ray Train settings), for ``--before``
+BEFORE_REDUCTIONS = "435915e"
 
 
 def space_toml(size: str, trials: int, data_root: Path) -> str:
@@ -123,15 +132,29 @@ def run_plain(space: Path, out: Path) -> None:
     out.write_text(json.dumps(records) + "\n")
 
 
-def _timed(cmd: list[str], log: Path) -> float:
-    """Run ``cmd`` from the repo root with its output in ``log``; its wall seconds (raises on failure)."""
+def _timed(
+    cmd: list[str], log: Path, cwd: Path = ROOT, env: Mapping[str, str] | None = None
+) -> float:
+    """Run ``cmd`` in ``cwd`` with its output in ``log``; its wall seconds (raises on failure)."""
     t0 = time.perf_counter()
     with log.open("w") as fh:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; see {log}")
     return wall
+
+
+def run_study(code: Path, space: Path, storage: Path, log: Path) -> dict[str, Any]:
+    """``run_search.py`` of the source tree ``code`` (this repository or a worktree of an older
+    commit, whose ``vlm2rec`` then comes first on PYTHONPATH); wall time and the study's records."""
+    cmd = [sys.executable, str(code / "study" / "run_search.py"), "--space", str(space)]
+    env = {} if code == ROOT else {"PYTHONPATH": str(code)}
+    wall = _timed([*cmd, "--storage", str(storage)], log, code, env)
+    study_dir = storage / tomllib.loads(space.read_text())["study"]["name"]
+    return {"wall_s": wall, **_study_record(study_dir)}
 
 
 def _study_record(study_dir: Path) -> dict[str, Any]:
@@ -147,81 +170,86 @@ def _study_record(study_dir: Path) -> dict[str, Any]:
     return {"tune_s": float(done["wall_s"]), "trials": trials}
 
 
-def measure(size: str, trials: int, work: Path) -> dict[str, Any]:
-    """Study vs plain for one size; both processes run here, study first."""
+def measure(size: str, trials: int, work: Path, before: Path | None) -> dict[str, Any]:
+    """Study (with the ``before`` code first, if given), then plain, for one size."""
     from study.search_space import load_search_spec
     from vlm2rec.data.synthetic import ensure_dataset
 
     space = work / f"overhead-{size}.toml"
     space.write_text(space_toml(size, trials, work / "data"))
-    ensure_dataset(load_search_spec(space).base_config().data)  # not timed, shared by both
-    load_before = os.getloadavg()[0]  # other jobs on the machine inflate both walls
-    storage = work / "studies"
-    study_cmd = [sys.executable, "study/run_search.py", "--space", str(space)]
-    study_wall = _timed([*study_cmd, "--storage", str(storage)], work / f"study-{size}.log")
+    ensure_dataset(load_search_spec(space).base_config().data)  # not timed, shared by all runs
+    load_start = os.getloadavg()[0]  # other jobs on the machine inflate every wall time
+    studies = {}
+    if before is not None:
+        studies["before"] = run_study(before, space, work / "before", work / f"before-{size}.log")
+    studies["study"] = run_study(ROOT, space, work / "studies", work / f"study-{size}.log")
     plain_json = work / f"plain-{size}.json"
     plain_cmd = [sys.executable, "bench/overhead.py", "--plain", str(space), "--plain-out"]
     plain_wall = _timed([*plain_cmd, str(plain_json)], work / f"plain-{size}.log")
     plain = json.loads(plain_json.read_text())
-    study = _study_record(storage / f"overhead-{size}")
-    row = summarise(size, trials, study_wall, plain_wall, study, plain)
-    return {**row, "load_average_1min_before_after": [load_before, os.getloadavg()[0]]}
-
-
-def summarise(
-    size: str,
-    trials: int,
-    study_wall: float,
-    plain_wall: float,
-    study: Mapping[str, Any],
-    plain: Sequence[Mapping[str, Any]],
-) -> dict[str, Any]:
-    """Ratios, the fixed cost per trial and where the study's extra time goes."""
-    by_alpha = {p["params"]["loss.alpha"]: p for p in plain}
-    diffs = [abs(t[METRIC] - by_alpha[t["params"]["loss.alpha"]][METRIC]) for t in study["trials"]]
-    fit_s = sum(p["fit_s"] for p in plain)
-    trial_s = sum(t["trial_s"] for t in study["trials"])
     return {
         "size": size,
         "trials": trials,
         "knobs": SIZES[size],
-        "plain_fit_s_per_trial": fit_s / trials,
-        "study_wall_s": study_wall,
         "plain_wall_s": plain_wall,
-        "ratio": study_wall / plain_wall,
-        "fixed_cost_s_per_trial": (study_wall - plain_wall) / trials,
-        "study_split_s": {
-            "outside_tune": study_wall - study["tune_s"],  # imports, Ray start, report, shutdown
+        "plain_fit_s_per_trial": sum(p["fit_s"] for p in plain) / trials,
+        **{name: summarise(trials, st, plain_wall, plain) for name, st in studies.items()},
+        "plain": plain,
+        "load_average_1min_start_end": [load_start, os.getloadavg()[0]],
+    }
+
+
+def summarise(
+    trials: int, study: Mapping[str, Any], plain_wall: float, plain: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """A study run against the plain one: ratio, fixed cost per trial, where the extra time goes."""
+    by_alpha = {p["params"]["loss.alpha"]: p for p in plain}
+    diffs = [abs(t[METRIC] - by_alpha[t["params"]["loss.alpha"]][METRIC]) for t in study["trials"]]
+    fit_s = sum(p["fit_s"] for p in plain)
+    trial_s = sum(t["trial_s"] for t in study["trials"])
+    wall = study["wall_s"]
+    return {
+        "wall_s": wall,
+        "ratio": wall / plain_wall,
+        "fixed_cost_s_per_trial": (wall - plain_wall) / trials,
+        "split_s": {
+            "outside_tune": wall - study["tune_s"],  # imports, Ray start, report, shutdown
             "between_trials": study["tune_s"] - trial_s,  # Tune's trial start-up and bookkeeping
             "inside_trials_beyond_fit": trial_s - fit_s,  # Train worker group, reports, uploads
         },
-        "plain_outside_fit_s": plain_wall - fit_s,  # imports and dataset reads
         "max_abs_metric_diff": max(diffs) if diffs else None,
-        "study": study,
-        "plain": list(plain),
+        "trials": study["trials"],
     }
 
 
 def _print_table(rows: Sequence[Mapping[str, Any]]) -> None:
     print(
-        f"\n{'size':<5} {'K':>2} {'fit/trial':>9} {'plain':>7} {'study':>7} {'ratio':>6} "
+        f"\n{'size':<5} {'K':>2} {'fit/trial':>9} {'plain':>7} {'code':<7} {'study':>7} {'ratio':>6} "
         f"{'fixed/trial':>11} {'outside':>8} {'between':>8} {'in-trial':>8} {'|dmetric|':>9}"
     )
     for r in rows:
-        s = r["study_split_s"]
-        print(
-            f"{r['size']:<5} {r['trials']:>2} {r['plain_fit_s_per_trial']:>8.1f}s "
-            f"{r['plain_wall_s']:>6.1f}s {r['study_wall_s']:>6.1f}s {r['ratio']:>5.2f}x "
-            f"{r['fixed_cost_s_per_trial']:>10.1f}s {s['outside_tune']:>7.1f}s "
-            f"{s['between_trials']:>7.1f}s {s['inside_trials_beyond_fit']:>7.1f}s "
-            f"{r['max_abs_metric_diff']:>9.1e}"
-        )
+        for code in ("before", "study"):
+            if code not in r:
+                continue
+            c, s = r[code], r[code]["split_s"]
+            print(
+                f"{r['size']:<5} {r['trials']:>2} {r['plain_fit_s_per_trial']:>8.1f}s "
+                f"{r['plain_wall_s']:>6.1f}s {code if code == 'before' else 'now':<7} "
+                f"{c['wall_s']:>6.1f}s {c['ratio']:>5.2f}x {c['fixed_cost_s_per_trial']:>10.1f}s "
+                f"{s['outside_tune']:>7.1f}s {s['between_trials']:>7.1f}s "
+                f"{s['inside_trials_beyond_fit']:>7.1f}s {c['max_abs_metric_diff']:>9.1e}"
+            )
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--trials", type=int, default=2, help=f"K trials per size (1-{len(ALPHAS)})")
+    p.add_argument(
+        "--before",
+        metavar="GIT_REF",
+        help=f"also run the study with this commit's code, side by side (e.g. {BEFORE_REDUCTIONS})",
+    )
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
     p.add_argument("--plain", type=Path, help=argparse.SUPPRESS)
@@ -229,7 +257,23 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@contextlib.contextmanager
+def worktree(ref: str, parent: Path) -> Iterator[Path]:
+    """A detached git worktree of ``ref`` under ``parent``, removed afterwards."""
+    path = parent / f"src-{ref[:12]}"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), ref], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> Path | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
     sys.path.insert(0, str(ROOT))  # `study` is a folder of the repository, not an installed package
     if args.plain:
@@ -237,36 +281,39 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
         return None
     if not 1 <= args.trials <= len(ALPHAS):
         raise SystemExit(f"--trials: expected 1..{len(ALPHAS)}, got {args.trials}")
-    env_threads = os.environ.get("OMP_NUM_THREADS")
-    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-        work = (args.work or Path(tmp)).resolve()
+    with contextlib.ExitStack() as stack:
+        work = args.work or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="overhead-"))
+        )
+        work = work.resolve()
         work.mkdir(parents=True, exist_ok=True)
+        before = stack.enter_context(worktree(args.before, work)) if args.before else None
         rows = []
         for size in args.sizes:
-            print(
-                f"size {size}: {args.trials} trials via run_search.py, then plain fit", flush=True
-            )
-            rows.append(measure(size, args.trials, work))
+            what = f"the study at {args.before}, then now, then" if before else "the study, then"
+            print(f"size {size}: {args.trials} trials through {what} plain fit", flush=True)
+            rows.append(measure(size, args.trials, work, before))
             _print_table(rows[-1:])
     _print_table(rows)
-    first = rows[0]
-    head = headline(
-        f"study wall / plain wall, {first['size']} trials (K = {args.trials})", first["ratio"], "x"
-    )
+    first = rows[0]["study"]
+    name = f"study wall / plain wall, {rows[0]['size']} trials (K = {args.trials})"
+    head = headline(name, first["ratio"], "x")
     payload = {
         "setting": {
             "base": str(BASE.relative_to(ROOT)),
             "trials_per_size": args.trials,
             "alphas": list(ALPHAS[: args.trials]),
             "torch_threads": 1,
-            "OMP_NUM_THREADS": env_threads,
-            "command": "python bench/overhead.py " + " ".join(argv or sys.argv[1:]),
+            "before": args.before or None,
+            "command": "python bench/overhead.py " + " ".join(argv),
         },
         "results": rows,
     }
     path = write_result("overhead", head, payload, out=args.out)
     print(f"wrote {path}")
-    print(f"headline: {head['name']} = {first['ratio']:.2f}x")
+    if before:
+        print(f"before ({args.before}): {rows[0]['before']['ratio']:.2f}x")
+    print(f"headline: {name} = {first['ratio']:.2f}x")
     return path
 
 

@@ -1,0 +1,388 @@
+r"""Does the study's searcher pay off? TPE + ASHA vs random search (+ ASHA) vs random search alone.
+
+Three ways to spend the same budget of training epochs on the default study's space
+(``search_spaces/default.toml``: ``loss.alpha``, ``loss.temperature``, ``loss.beta``):
+
+* ``tpe_asha``: what ``run_search.py`` runs: Ray Tune's ``OptunaSearch`` with optuna's TPE sampler
+  and Tune's ``ASHAScheduler`` on ``epoch`` (the space's ``max_t``, ``grace_period``,
+  ``reduction_factor``);
+* ``random_asha``: the same, with optuna's random sampler;
+* ``random``: random sampler, no scheduler (every trial trains ``max_t`` epochs).
+
+The searcher and scheduler objects are built by the study's own helpers (``make_sampler``,
+``to_tune_param_space``), so this measures the product's search. Trials run one at a time in each
+Tune run (``max_concurrent_trials = 1``), which makes every run deterministic: the sampler seed,
+the order of results ASHA sees and the trained models (CPU, fixed ``seed``) are all fixed. A trial
+trains in-process with ``vlm2rec.train.fit`` (one torch thread, no Ray Train worker group: the
+searcher, not distributed training, is measured). ``--workers`` Tune runs go on at once on one
+local Ray instance.
+
+Each Tune run stops when its trials have reported ``--budget`` epochs in all; the **best
+val/ndcg@10 found** after ``b`` epochs is the best value any of the first ``b`` reported epochs
+scored (the leaderboard ranks trials by their best epoch too). Seeds are sampler seeds: with the
+same seed, ``random_asha`` and ``random`` draw the same configurations in the same order.
+
+Headline: the fraction of the budget after which TPE + ASHA's mean best-so-far (over seeds) first
+reaches random search's (with ASHA) final mean best; ``inf`` (``null`` in the JSON) means it never did.
+
+Usage::
+
+    python bench/hpo.py                                   # 3 methods x 3 seeds, ~15-20 min
+    python bench/hpo.py --budget 6 --seeds 0 --users 60 --out /tmp/hpo.json   # smoke, ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+# bench/ is a folder of scripts, not a package: put it on the path so `common` imports from anywhere.
+# `study` is a folder of the repository, not an installed package: the repository root too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import headline, mean_std, write_result
+
+from study.search_space import SearchSpec, load_search_spec, make_sampler, to_tune_param_space
+from vlm2rec.config import config_hash, parse_override, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SPACE = ROOT / "search_spaces" / "default.toml"
+#: method -> (optuna sampler, scheduler)
+METHODS = {
+    "tpe_asha": ("tpe", "asha"),
+    "random_asha": ("random", "asha"),
+    "random": ("random", "none"),
+}
+BASELINE = "random_asha"  #: the headline's reference: the same scheduler, a random sampler
+METRIC = "val/ndcg@10"
+
+
+# ----------------------------------------------------------------------------- the study to search
+
+
+def bench_spec(args: argparse.Namespace) -> SearchSpec:
+    """The space file with the bench's data size and extra overrides; its own dataset folder."""
+    spec = load_search_spec(args.space)
+    fixed = {**spec.fixed, "data.synthetic.users": args.users}
+    fixed.update(dict(parse_override(s) for s in args.set))
+    synth = dataclasses.replace(spec, fixed=fixed).base_config().data.synthetic
+    fixed["data.path"] = str(args.data_root.resolve() / f"bench-hpo-{config_hash(synth)}")
+    return dataclasses.replace(spec, fixed=fixed)
+
+
+def method_spec(spec: SearchSpec, method: str, seed: int) -> SearchSpec:
+    sampler, scheduler = METHODS[method]
+    study = dataclasses.replace(spec.study, sampler=sampler, sampler_seed=seed, scheduler=scheduler)
+    return dataclasses.replace(spec, study=study)
+
+
+# ----------------------------------------------------------------------------- one Tune run (child)
+
+
+def hpo_trial(params: dict[str, Any], base: dict[str, Any], threads: int) -> None:
+    """Tune function trainable: ``fit`` the base config overridden by ``params``, one report per epoch."""
+    import ray.tune
+    import torch
+
+    from vlm2rec.config import apply_overrides, from_dict
+    from vlm2rec.train import fit
+
+    class TuneReporter:
+        def report(self, metrics: Mapping[str, float], step: int, checkpoint_dir: Any) -> None:
+            ray.tune.report(dict(metrics))
+
+    torch.set_num_threads(threads)
+    plain = {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
+    with tempfile.TemporaryDirectory(prefix="bench-hpo-") as ckpt:
+        fit(apply_overrides(from_dict(base), plain), reporter=TuneReporter(), checkpoint_root=ckpt)
+
+
+def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[dict[str, Any]]:
+    """One Tune run until ``budget`` epochs are reported; every report as ``{trial, epoch, value, params}``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = spec.study
+    reports: list[dict[str, Any]] = []
+
+    class Record(tune.Callback):
+        def on_trial_result(self, iteration: int, trials: Any, trial: Any, result: dict) -> None:
+            params = {k: float(v) for k, v in trial.config.items()}
+            reports.append(
+                {
+                    "trial": trial.trial_id,
+                    "epoch": int(result["epoch"]),
+                    "value": float(result[s.metric]),
+                    "params": params,
+                }
+            )
+
+    class EpochBudget(tune.Stopper):
+        """Stop the whole run once ``budget`` epochs (= reports) are spent."""
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return len(reports) >= budget
+
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=s.max_t,
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+        )
+        if s.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    trainable = tune.with_parameters(hpo_trial, base=to_dict(spec.base_config()), threads=1)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"CPU": 1}),
+        param_space=to_tune_param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=s.metric,
+            mode=s.mode,
+            search_alg=OptunaSearch(metric=s.metric, mode=s.mode, sampler=make_sampler(spec)),
+            scheduler=scheduler,
+            num_samples=budget,  # every trial spends >= 1 epoch: the budget runs out first
+            max_concurrent_trials=1,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            stop=EpochBudget(),
+            callbacks=[Record()],
+            verbose=0,
+        ),
+    )
+    tuner.fit()
+    return reports[:budget]
+
+
+def run_child(args: argparse.Namespace) -> None:
+    import ray
+
+    method, seed = args.child.split(":")
+    spec = method_spec(bench_spec(args), method, int(seed))
+    ray.init(address=args.address, logging_level="WARNING")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-hpo-tune-") as storage:
+        reports = tune_run(spec, f"{method}-s{seed}", args.budget, Path(storage))
+    record = {
+        "method": method,
+        "seed": int(seed),
+        "wall_s": time.perf_counter() - t0,
+        "reports": reports,
+    }
+    args.child_out.write_text(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------- analysis (pure)
+
+
+def best_so_far(
+    reports: Sequence[Mapping[str, Any]], budget: int, mode: str = "max"
+) -> list[float]:
+    """``curve[b - 1]`` = best value among the first ``b`` reports; carried flat past the last report."""
+    pick = max if mode == "max" else min
+    curve: list[float] = []
+    for r in reports[:budget]:
+        curve.append(r["value"] if not curve else pick(curve[-1], r["value"]))
+    return curve + [curve[-1] if curve else math.nan] * (budget - len(curve))
+
+
+def budget_to_reach(curve: Sequence[float], target: float) -> float:
+    """Fraction of the budget after which ``curve`` first reaches ``target`` (max mode); inf if never."""
+    for b, value in enumerate(curve, start=1):
+        if value >= target - 1e-12:
+            return b / len(curve)
+    return math.inf
+
+
+def trial_counts(reports: Sequence[Mapping[str, Any]], max_t: int) -> dict[str, int]:
+    """Trials started, and trials that trained all ``max_t`` epochs, within the budget."""
+    last: dict[str, int] = {}
+    for r in reports:
+        last[r["trial"]] = max(last.get(r["trial"], 0), r["epoch"])
+    return {"trials": len(last), "full_trials": sum(e >= max_t for e in last.values())}
+
+
+def summarise(records: Sequence[Mapping[str, Any]], budget: int, max_t: int) -> dict[str, Any]:
+    """Per method: mean best-so-far curve over seeds, final best mean/std, trial counts."""
+    out: dict[str, Any] = {}
+    for method in dict.fromkeys(r["method"] for r in records):
+        runs = [r for r in records if r["method"] == method]
+        curves = [best_so_far(r["reports"], budget) for r in runs]
+        mean_curve = [sum(c[b] for c in curves) / len(curves) for b in range(budget)]
+        counts = [trial_counts(r["reports"], max_t) for r in runs]
+        final_mean, final_std = mean_std([c[-1] for c in curves])
+        out[method] = {
+            "seeds": [r["seed"] for r in runs],
+            "final_best_mean": final_mean,
+            "final_best_std": final_std,
+            "final_best_per_seed": [c[-1] for c in curves],
+            "mean_curve": mean_curve,
+            "trials_mean": sum(c["trials"] for c in counts) / len(counts),
+            "full_trials_mean": sum(c["full_trials"] for c in counts) / len(counts),
+        }
+    for method, row in out.items():  # how fast each method gets to each other method's final best
+        row["budget_fraction_to_reach"] = {
+            other: budget_to_reach(row["mean_curve"], o["final_best_mean"])
+            for other, o in out.items()
+            if other != method
+        }
+    return out
+
+
+def _print_table(summary: Mapping[str, Any], budget: int) -> None:
+    marks = sorted({max(1, round(budget * f)) for f in (0.1, 0.25, 0.5, 0.75, 1.0)})
+    print(f"\nbest {METRIC} found (mean over seeds) after b of {budget} epochs")
+    print(
+        f"{'method':<12} "
+        + " ".join(f"{'b=' + str(b):>7}" for b in marks)
+        + f" {'final ± std':>15} {'trials':>7} {'full':>5}"
+    )
+    for method, row in summary.items():
+        curve = " ".join(f"{row['mean_curve'][b - 1]:>7.4f}" for b in marks)
+        final = f"{row['final_best_mean']:.4f} ± {row['final_best_std']:.4f}"
+        print(
+            f"{method:<12} {curve} {final:>15} {row['trials_mean']:>7.1f} {row['full_trials_mean']:>5.1f}"
+        )
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument(
+        "--space", type=Path, default=DEFAULT_SPACE, help="study TOML whose params are searched"
+    )
+    p.add_argument(
+        "--budget", type=int, default=60, help="epochs per Tune run (all trials together)"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--users", type=int, default=200, help="synthetic users (data.synthetic.users)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra [fixed] override"
+    )
+    p.add_argument("--workers", type=int, default=2, help="Tune runs at once (one CPU each)")
+    p.add_argument("--data-root", type=Path, default=ROOT / "data", help="where the data is built")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--address", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _launch(
+    argv: Sequence[str], method: str, seed: int, address: str, work: Path
+) -> dict[str, Any]:
+    out, log = work / f"{method}-s{seed}.json", work / f"{method}-s{seed}.log"
+    cmd = [
+        sys.executable,
+        __file__,
+        *argv,
+        "--child",
+        f"{method}:{seed}",
+        "--address",
+        address,
+        "--child-out",
+        str(out),
+    ]
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} seed {seed} exited {proc.returncode}; see {log}")
+    record = json.loads(out.read_text())
+    best = max(r["value"] for r in record["reports"])
+    print(
+        f"  {method:<12} seed {seed}: best {best:.4f}, {len(record['reports'])} epochs, {record['wall_s']:.0f} s",
+        flush=True,
+    )
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> Path | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(argv)
+    if args.child:
+        run_child(args)
+        return None
+    import ray
+
+    from vlm2rec.data.synthetic import ensure_dataset
+
+    spec = bench_spec(args)
+    ensure_dataset(spec.base_config().data)  # build once, before the runs race
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="WARNING")
+    address = ray.get_runtime_context().gcs_address
+    cells = [(m, s) for s in args.seeds for m in args.methods]
+    print(f"{len(cells)} Tune runs of {args.budget} epochs, {args.workers} at a time", flush=True)
+    t0 = time.perf_counter()
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-hpo-") as tmp,
+            futures.ThreadPoolExecutor(args.workers) as pool,
+        ):
+            records = list(pool.map(lambda c: _launch(argv, c[0], c[1], address, Path(tmp)), cells))
+    finally:
+        ray.shutdown()
+    wall = time.perf_counter() - t0
+    summary = summarise(records, args.budget, spec.study.max_t)
+    _print_table(summary, args.budget)
+    value = math.nan
+    if {"tpe_asha", BASELINE} <= set(summary):
+        value = summary["tpe_asha"]["budget_fraction_to_reach"][BASELINE]
+    head = headline(
+        f"budget fraction TPE + ASHA needs to reach {BASELINE}'s final best {METRIC}",
+        value,
+        "fraction",
+    )
+    s = spec.study
+    payload = {
+        "setting": {
+            "space": str(Path(args.space).resolve().relative_to(ROOT)),
+            "fixed": dict(spec.fixed),
+            "asha": {
+                "max_t": s.max_t,
+                "grace_period": s.grace_period,
+                "reduction_factor": s.reduction_factor,
+            },
+            "budget_epochs": args.budget,
+            "seeds": args.seeds,
+            "methods": {
+                m: dict(zip(("sampler", "scheduler"), METHODS[m], strict=True))
+                for m in args.methods
+            },
+            "command": "python bench/hpo.py " + " ".join(argv),
+        },
+        "wall_s": round(wall, 1),
+        "summary": summary,
+        "runs": records,
+    }
+    path = write_result("hpo", head, payload, out=args.out)
+    print(f"wrote {path}; total wall {wall:.0f} s")
+    print(f"headline: {head['name']} = {value:.2f}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""``bench/overhead.py`` and ``bench/hpo.py``: their analysis is right and a tiny run of each works.
+
+The scripts live in ``bench/`` (a folder of scripts, not a package), so they are loaded from their
+files under private module names, as in ``test_bench_smoke.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from study.search_space import load_search_spec
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+overhead = _load("overhead")
+hpo = _load("hpo")
+
+
+# ----------------------------------------------------------------------------- overhead.py
+
+
+@pytest.mark.parametrize("size", list(overhead.SIZES))
+def test_overhead_space_is_a_valid_grid_of_k_trials(tmp_path: Path, size: str) -> None:
+    space = tmp_path / "s.toml"
+    space.write_text(overhead.space_toml(size, 3, tmp_path / "data"))
+    spec = load_search_spec(space)  # the study's own validation
+    assert spec.study.sampler == "grid" and spec.study.num_samples == spec.grid_size() == 3
+    assert spec.study.scheduler == "none" and not spec.study.reference
+    assert spec.study.workers_per_trial == 1 and spec.study.cpus_per_worker == 1.0
+    points = overhead.grid_points(space)
+    assert points == [{"loss.alpha": a} for a in overhead.ALPHAS[:3]]
+    cfg = spec.run_config(points[0])
+    assert cfg.train.epochs == overhead.SIZES[size]["train.epochs"]
+    assert cfg.data.synthetic.users == overhead.SIZES[size]["data.synthetic.users"]
+
+
+def test_overhead_summarise_splits_the_extra_time() -> None:
+    plain = [
+        {"params": {"loss.alpha": 0.25}, "fit_s": 10.0, "val/ndcg@10": 0.5},
+        {"params": {"loss.alpha": 0.5}, "fit_s": 12.0, "val/ndcg@10": 0.6},
+    ]
+    study = {
+        "wall_s": 60.0,
+        "tune_s": 45.0,
+        "trials": [
+            {"params": {"loss.alpha": 0.5}, "trial_s": 20.0, "val/ndcg@10": 0.6},
+            {"params": {"loss.alpha": 0.25}, "trial_s": 16.0, "val/ndcg@10": 0.5 + 1e-9},
+        ],
+    }
+    got = overhead.summarise(2, study, plain_wall=30.0, plain=plain)
+    assert got["ratio"] == pytest.approx(2.0)
+    assert got["fixed_cost_s_per_trial"] == pytest.approx(15.0)
+    assert got["split_s"] == pytest.approx(
+        {"outside_tune": 15.0, "between_trials": 9.0, "inside_trials_beyond_fit": 14.0}
+    )
+    assert got["max_abs_metric_diff"] == pytest.approx(1e-9)  # matched by alpha, not by order
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_overhead_smoke_study_and_plain_train_the_same_model(tmp_path: Path) -> None:
+    out = tmp_path / "o.json"
+    argv = ["--sizes", "5s", "--trials", "1", "--work", str(tmp_path / "w"), "--out", str(out)]
+    assert overhead.main(argv) == out
+    doc = json.loads(out.read_text())
+    (row,) = doc["results"]
+    study = row["study"]
+    assert doc["headline"]["value"] == pytest.approx(study["ratio"]) and study["ratio"] > 1
+    assert study["max_abs_metric_diff"] == 0.0  # the Ray Train worker ran the same fit
+    assert row["plain_fit_s_per_trial"] > 0 and "before" not in row
+    assert doc["machine"]["cpu"]
+
+
+# ----------------------------------------------------------------------------- hpo.py
+
+
+def _reports(values: list[float], trials: list[str]) -> list[dict]:
+    epochs: dict[str, int] = {}
+    out = []
+    for value, trial in zip(values, trials, strict=True):
+        epochs[trial] = epochs.get(trial, 0) + 1
+        out.append({"trial": trial, "epoch": epochs[trial], "value": value, "params": {}})
+    return out
+
+
+def test_best_so_far_is_a_running_max_carried_to_the_budget() -> None:
+    reports = _reports([0.2, 0.5, 0.4, 0.7], ["a", "a", "b", "b"])
+    assert hpo.best_so_far(reports, 6) == [0.2, 0.5, 0.5, 0.7, 0.7, 0.7]
+    assert hpo.best_so_far(reports, 2) == [0.2, 0.5]  # reports past the budget don't count
+
+
+def test_budget_to_reach() -> None:
+    curve = [0.1, 0.3, 0.3, 0.6]
+    assert hpo.budget_to_reach(curve, 0.3) == 0.5
+    assert hpo.budget_to_reach(curve, 0.6) == 1.0
+    assert hpo.budget_to_reach(curve, 0.61) == math.inf
+
+
+def test_trial_counts_and_summary() -> None:
+    # ASHA-like: trial a runs 3 epochs (max_t), b is stopped after 1, c after 2
+    a = _reports([0.3, 0.4, 0.5, 0.1, 0.2, 0.6], ["a", "a", "a", "b", "c", "c"])
+    assert hpo.trial_counts(a, max_t=3) == {"trials": 3, "full_trials": 1}
+    b = _reports([0.2, 0.3, 0.35, 0.4, 0.45, 0.5], ["x"] * 3 + ["y"] * 3)
+    records = [
+        {"method": "tpe_asha", "seed": 0, "reports": a},
+        {"method": "random_asha", "seed": 0, "reports": b},
+    ]
+    summary = hpo.summarise(records, budget=6, max_t=3)
+    assert summary["tpe_asha"]["final_best_mean"] == 0.6
+    assert summary["random_asha"]["final_best_mean"] == 0.5
+    # tpe_asha's curve 0.3 0.4 0.5 ... reaches 0.5 after 3 of 6 epochs; random never reaches 0.6
+    assert summary["tpe_asha"]["budget_fraction_to_reach"] == {"random_asha": 0.5}
+    assert summary["random_asha"]["budget_fraction_to_reach"] == {"tpe_asha": math.inf}
+    assert (
+        summary["tpe_asha"]["trials_mean"] == 3 and summary["random_asha"]["full_trials_mean"] == 2
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> None:
+    out, budget = tmp_path / "h.json", 4
+    argv = [
+        "--budget",
+        str(budget),
+        "--seeds",
+        "0",
+        "--users",
+        "40",
+        "--set",
+        "train.batch_size=16",
+    ]
+    argv += ["--data-root", str(tmp_path / "data"), "--out", str(out)]
+    assert hpo.main(argv) == out
+    doc = json.loads(out.read_text())
+    runs = {r["method"]: r for r in doc["runs"]}
+    assert set(runs) == set(hpo.METHODS)
+    for run in runs.values():
+        assert len(run["reports"]) == budget
+        curve = hpo.best_so_far(run["reports"], budget)
+        assert curve == sorted(curve)
+    # same sampler seed: random with and without ASHA draw the same first configuration
+    first = {m: runs[m]["reports"][0]["params"] for m in ("random", "random_asha")}
+    assert first["random"] == first["random_asha"]
+    assert doc["headline"]["unit"] == "fraction"
+    summary = doc["summary"]
+    assert (
+        summary["tpe_asha"]["budget_fraction_to_reach"]["random_asha"] == doc["headline"]["value"]
+    )
