@@ -75,7 +75,7 @@ METRIC = "val/ndcg@10"
 def bench_spec(args: argparse.Namespace) -> SearchSpec:
     """The space file with the bench's data size and extra overrides; its own dataset folder."""
     spec = load_search_spec(args.space)
-    fixed = {**spec.fixed, "data.synthetic.users": args.users}
+    fixed = {**spec.fixed, "data.synthetic.users": args.users, "embedder.name": args.model}
     fixed.update(dict(parse_override(s) for s in args.set))
     synth = dataclasses.replace(spec, fixed=fixed).base_config().data.synthetic
     fixed["data.path"] = str(args.data_root.resolve() / f"bench-hpo-{config_hash(synth)}")
@@ -160,6 +160,7 @@ def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[di
             scheduler=scheduler,
             num_samples=budget,  # every trial spends >= 1 epoch: the budget runs out first
             max_concurrent_trials=1,
+            reuse_actors=True,  # one trial process per run: torch and the model stack load once
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -278,6 +279,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--users", type=int, default=200, help="synthetic users (data.synthetic.users)")
+    p.add_argument(
+        "--model", default="tiny-clip", help="embedder.name (tiny-clip: 2x tiny-qwen2vl's speed)"
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra [fixed] override"
     )
