@@ -27,7 +27,7 @@ reaches random search's (with ASHA) final mean best; ``inf`` (``null`` in the JS
 
 Usage::
 
-    python bench/hpo.py                                   # 3 methods x 3 seeds, ~15-20 min
+    python bench/hpo.py                                   # 3 methods x 3 seeds, 80 epochs each, ~15 min
     python bench/hpo.py --budget 6 --seeds 0 --users 60 --out /tmp/hpo.json   # smoke, ~1 min
 """
 
@@ -274,7 +274,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--space", type=Path, default=DEFAULT_SPACE, help="study TOML whose params are searched"
     )
     p.add_argument(
-        "--budget", type=int, default=60, help="epochs per Tune run (all trials together)"
+        "--budget", type=int, default=80, help="epochs per Tune run (all trials together)"
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
