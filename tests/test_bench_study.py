@@ -164,3 +164,14 @@ def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> No
     assert (
         summary["tpe_asha"]["budget_fraction_to_reach"]["random_asha"] == doc["headline"]["value"]
     )
+
+
+# ----------------------------------------------------------------------------- figures.py
+
+
+def test_figures_draw_from_the_committed_results(tmp_path: Path) -> None:
+    figures = _load("figures")
+    written = figures.main(["--out", str(tmp_path)])
+    assert tmp_path / "collapse.png" in written
+    for path in written:
+        assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
