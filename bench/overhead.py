@@ -27,8 +27,8 @@ study's leaderboard equals the plain run's (``max_abs_metric_diff`` in the JSON)
 
 Usage::
 
-    python bench/overhead.py                        # K = 2 trials at each of 3 sizes, ~12 min
-    python bench/overhead.py --before 435915e       # + the study before the reductions, ~20 min
+    python bench/overhead.py                        # K = 2 trials at each of 3 sizes, ~11 min
+    python bench/overhead.py --before 435915e       # + the study before the reductions, ~18 min
     python bench/overhead.py --sizes 5s --trials 1 --out /tmp/overhead.json   # smoke, ~1 min
 """
 

@@ -38,7 +38,8 @@ DONE = "study_done.json"
 #: Ray Train settings for a Ray this process starts on the local machine (RAY.md): no spot
 #: preemption to watch for and no Prometheus to scrape Train's metrics, and the controller polls
 #: its workers every 0.5 s instead of 2 s, so it notices each report and the end of a run sooner.
-#: Cut the fixed cost of a trial by ~3 s (bench/overhead.py); a cluster keeps Ray's defaults.
+#: RAY.md: ~3 s less per Train run; bench/overhead.py measures them with the lazy model import in
+#: study/worker.py. A cluster keeps Ray's defaults.
 LOCAL_RAY_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
