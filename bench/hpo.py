@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import subprocess
@@ -54,13 +55,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import headline, mean_std, write_result
 
-from study.search_space import SearchSpec, load_search_spec, make_sampler, to_tune_param_space
+from study.search_space import (
+    Sampler,
+    Scheduler,
+    SearchSpec,
+    load_search_spec,
+    make_sampler,
+    to_tune_param_space,
+)
 from vlm2rec.config import config_hash, parse_override, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SPACE = ROOT / "search_spaces" / "default.toml"
 #: method -> (optuna sampler, scheduler)
-METHODS = {
+METHODS: dict[str, tuple[Sampler, Scheduler]] = {
     "tpe_asha": ("tpe", "asha"),
     "random_asha": ("random", "asha"),
     "random": ("random", "none"),
@@ -119,7 +127,9 @@ def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[di
     reports: list[dict[str, Any]] = []
 
     class Record(tune.Callback):
-        def on_trial_result(self, iteration: int, trials: Any, trial: Any, result: dict) -> None:
+        def on_trial_result(
+            self, iteration: int, trials: Any, trial: Any, result: dict, **info: Any
+        ) -> None:
             params = {k: float(v) for k, v in trial.config.items()}
             reports.append(
                 {
@@ -179,7 +189,7 @@ def run_child(args: argparse.Namespace) -> None:
 
     method, seed = args.child.split(":")
     spec = method_spec(bench_spec(args), method, int(seed))
-    ray.init(address=args.address, logging_level="WARNING")
+    ray.init(address=args.address, logging_level=logging.WARNING)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-hpo-tune-") as storage:
         reports = tune_run(spec, f"{method}-s{seed}", args.budget, Path(storage))
@@ -336,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     ensure_dataset(spec.base_config().data)  # build once, before the runs race
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=args.workers, include_dashboard=False, logging_level=logging.WARNING)
     address = ray.get_runtime_context().gcs_address
     cells = [(m, s) for s in args.seeds for m in args.methods]
     print(f"{len(cells)} Tune runs of {args.budget} epochs, {args.workers} at a time", flush=True)
