@@ -149,6 +149,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             embeds = tuple(all_gather_with_grad(t) for t in local)  # [W*B, D] each
             result[f"cfg{i}"] = _loss_and_grads(model, embeds, all_gather_no_grad(ids[rows]), cfg)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        # Tear down together: once in CI, rank 0 died of SIGABRT ("terminate called without an
+        # active exception") at the end, when the ranks destroyed the group at different times.
+        tdist.barrier()
     finally:
         tdist.destroy_process_group()
 

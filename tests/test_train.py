@@ -323,6 +323,7 @@ def _dist_worker(rank: int, port: int, cfg_dict: dict[str, Any], out: str) -> No
             {"history": res.history, "ckpt": str(res.checkpoint_dir), "resumed": resumed.history},
             root / f"rank{rank}.pt",
         )
+        tdist.barrier()  # tear down together (see test_distributed._worker)
     finally:
         tdist.destroy_process_group()
 
