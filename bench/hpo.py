@@ -130,7 +130,7 @@ def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[di
         def on_trial_result(
             self, iteration: int, trials: Any, trial: Any, result: dict, **info: Any
         ) -> None:
-            params = {k: float(v) for k, v in trial.config.items()}
+            params = {k: v.item() if hasattr(v, "item") else v for k, v in trial.config.items()}
             reports.append(
                 {
                     "trial": trial.trial_id,
