@@ -10,12 +10,12 @@ Three ways to spend the same budget of training epochs on the default study's sp
 * ``random``: random sampler, no scheduler (every trial trains ``max_t`` epochs).
 
 The searcher and scheduler objects are built by the study's own helpers (``make_sampler``,
-``to_tune_param_space``), so this measures the product's search. Trials run one at a time in each
-Tune run (``max_concurrent_trials = 1``), which makes every run deterministic: the sampler seed,
-the order of results ASHA sees and the trained models (CPU, fixed ``seed``) are all fixed. A trial
-trains in-process with ``vlm2rec.train.fit`` (one torch thread, no Ray Train worker group: the
-searcher, not distributed training, is measured). ``--workers`` Tune runs go on at once on one
-local Ray instance.
+``to_tune_param_space``, ``make_scheduler``), so this measures the product's search. Trials run
+one at a time in each Tune run (``max_concurrent_trials = 1``), which makes every run
+deterministic: the sampler seed, the order of results ASHA sees and the trained models (CPU, fixed
+``seed``) are all fixed. A trial trains in-process with ``vlm2rec.train.fit`` (one torch thread,
+no Ray Train worker group: the searcher, not distributed training, is measured). ``--workers``
+Tune runs go on at once on one local Ray instance.
 
 Each Tune run stops when its trials have reported ``--budget`` epochs in all; the **best
 val/ndcg@10 found** after ``b`` epochs is the best value any of the first ``b`` reported epochs
@@ -120,8 +120,9 @@ def hpo_trial(params: dict[str, Any], base: dict[str, Any], threads: int) -> Non
 def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[dict[str, Any]]:
     """One Tune run until ``budget`` epochs are reported; every report as ``{trial, epoch, value, params}``."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from study.tune_runner import make_scheduler
 
     s = spec.study
     reports: list[dict[str, Any]] = []
@@ -149,16 +150,6 @@ def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[di
         def stop_all(self) -> bool:
             return len(reports) >= budget
 
-    scheduler = (
-        ASHAScheduler(
-            time_attr="epoch",
-            max_t=s.max_t,
-            grace_period=s.grace_period,
-            reduction_factor=s.reduction_factor,
-        )
-        if s.scheduler == "asha"
-        else FIFOScheduler()
-    )
     trainable = tune.with_parameters(hpo_trial, base=to_dict(spec.base_config()), threads=1)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"CPU": 1}),
@@ -167,7 +158,7 @@ def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[di
             metric=s.metric,
             mode=s.mode,
             search_alg=OptunaSearch(metric=s.metric, mode=s.mode, sampler=make_sampler(spec)),
-            scheduler=scheduler,
+            scheduler=make_scheduler(s),
             num_samples=budget,  # every trial spends >= 1 epoch: the budget runs out first
             max_concurrent_trials=1,
             reuse_actors=True,  # one trial process per run: torch and the model stack load once

@@ -21,17 +21,17 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from study.callbacks import StudyContext, StudyRecorder, rebuild_leaderboard
 from study.driver import TrialPlan, run_trial
 from study.leaderboard import read_leaderboard
-from study.search_space import SearchSpec, make_sampler, to_tune_param_space
+from study.search_space import SearchSpec, StudySettings, make_sampler, to_tune_param_space
 from vlm2rec.config import to_dict
 from vlm2rec.data.synthetic import ensure_dataset
 
-__all__ = ["run_study"]
+__all__ = ["LOCAL_RAY_ENV", "make_scheduler", "run_study"]
 
 REPO = Path(__file__).resolve().parents[1]
 DONE = "study_done.json"
@@ -96,16 +96,7 @@ def _tuner(
             study_name=ctx.study,
             storage=_optuna_storage(study_dir),
         )
-        scheduler = (
-            ASHAScheduler(
-                time_attr="epoch",
-                max_t=s.max_t,
-                grace_period=s.grace_period,
-                reduction_factor=s.reduction_factor,
-            )
-            if s.scheduler == "asha"
-            else FIFOScheduler()
-        )
+        scheduler = make_scheduler(s)
         tune_config = tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
@@ -124,6 +115,18 @@ def _tuner(
     )
     return tune.Tuner(
         trainable, param_space=param_space, tune_config=tune_config, run_config=run_config
+    )
+
+
+def make_scheduler(s: StudySettings) -> TrialScheduler:
+    """ASHA on the reported ``epoch`` with the study's rungs, or no early stopping (FIFO)."""
+    if s.scheduler == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=s.max_t,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
     )
 
 

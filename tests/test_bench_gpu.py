@@ -9,7 +9,6 @@ from their files under private module names, as in ``test_bench_smoke.py``.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -17,10 +16,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from bench_scripts import load
 
 from vlm2rec.config import SyntheticConfig, from_dict
 from vlm2rec.data.loader import train_loader
@@ -36,16 +35,7 @@ BENCH = ROOT / "bench"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rq = _load("random_qwen2vl")
+rq = load("random_qwen2vl")
 
 
 def test_2b_preset_has_the_published_size() -> None:

@@ -1,37 +1,23 @@
 """``bench/step.py`` and ``bench/eval.py``: tiny runs write the result JSON; their helpers are right.
 
-The benchmark scripts live in ``bench/`` (a folder of scripts, not a package), so they are loaded
-from their files under private module names.
+The benchmark scripts live in ``bench/`` (a folder of scripts, not a package); ``bench_scripts.load``
+imports them from their files.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from bench_scripts import load
 
 from vlm2rec.config import RunConfig
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-step = _load("step")
-bench_eval = _load("eval")
+step = load("step")
+bench_eval = load("eval")
 
 #: a tiny synthetic catalogue so that the step smoke run builds its data in a second
 TINY_DATA = [

@@ -1,36 +1,22 @@
 """``bench/overhead.py`` and ``bench/hpo.py``: their analysis is right and a tiny run of each works.
 
-The scripts live in ``bench/`` (a folder of scripts, not a package), so they are loaded from their
-files under private module names, as in ``test_bench_smoke.py``.
+The scripts live in ``bench/`` (a folder of scripts, not a package); ``bench_scripts.load`` imports
+them from their files.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from bench_scripts import load
 
 from study.search_space import load_search_spec
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-overhead = _load("overhead")
-hpo = _load("hpo")
+overhead = load("overhead")
+hpo = load("hpo")
 
 
 # ----------------------------------------------------------------------------- overhead.py
@@ -170,7 +156,7 @@ def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> No
 
 
 def test_figures_draw_from_the_committed_results(tmp_path: Path) -> None:
-    figures = _load("figures")
+    figures = load("figures")
     written = figures.main(["--out", str(tmp_path)])
     assert tmp_path / "collapse.png" in written
     for path in written:
