@@ -26,8 +26,7 @@ from vlm2rec.data.loader import train_loader
 from vlm2rec.data.schema import PreparedDataset
 from vlm2rec.distributed import DistInfo
 from vlm2rec.embedder.hub import load_pretrained
-from vlm2rec.losses import vlm2rec_loss
-from vlm2rec.train import build_run
+from vlm2rec.train import _loss_parts, build_run
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -101,23 +100,9 @@ def test_test_preset_loads_and_trains_with_lora(
     assert trainable and all("lora_" in n for n in trainable)
     before = {n: p.detach().clone() for n, p in trainable.items()}
     batch = next(iter(train_loader(run.splits.train, 8, 0, 1, cfg.seed)))
-    u, v = run.embedder(batch.histories, batch.targets)  # [B, D], {view: [B, D]}
+    u, _ = run.embedder(batch.histories, batch.targets)  # [B, D], {view: [B, D]}
     assert u.shape == (8, 64)
-    lc = cfg.loss
-    loss = vlm2rec_loss(
-        u,
-        v["both"],
-        v["text"],
-        v["image"],
-        batch.targets,
-        temperature=lc.temperature,
-        alpha=lc.alpha,
-        beta=lc.beta,
-        topology_temperature=lc.topology_temperature,
-        penalty_variant=lc.penalty_variant,
-        weak_modality=lc.weak_modality,
-        topology_variant=lc.topology_variant,
-    )["loss"]
+    loss = _loss_parts(run.embedder, batch, cfg.loss)["loss"]  # the training loop's loss
     assert math.isfinite(float(loss.detach()))
     loss.backward()
     opt = torch.optim.AdamW(list(trainable.values()), lr=1e-2)
