@@ -37,17 +37,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vlm2rec.embedder.hub import save_backbone
-from vlm2rec.embedder.tiny import Backbone
-from vlm2rec.embedder.tokenizer import BYTE_VOCAB, byte_level_tokenizer
+from vlm2rec.embedder.tiny import (
+    FFN,
+    HEADS,
+    HIDDEN,
+    LAYERS,
+    QWEN2VL_SPECIAL_TOKENS,
+    Backbone,
+    padded_vocab,
+    qwen2vl_tokenizer,
+)
 
 __all__ = [
     "DTYPES",
     "PRESETS",
-    "SPECIAL_TOKENS",
     "build",
     "count_params",
     "main",
@@ -55,14 +62,6 @@ __all__ = [
     "write",
 ]
 
-#: the special tokens of ``tiny-qwen2vl`` (same order, so the same ids 256..260)
-SPECIAL_TOKENS = (
-    "<|endoftext|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 #: preset -> (text config, vision config, image processor kwargs)
@@ -101,11 +100,11 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     ),
     "test": (
         {
-            "vocab_size": -(-(BYTE_VOCAB + len(SPECIAL_TOKENS)) // 8) * 8,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
+            "vocab_size": padded_vocab(len(QWEN2VL_SPECIAL_TOKENS)),
+            "hidden_size": HIDDEN,
+            "intermediate_size": FFN,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
             "num_key_value_heads": 2,
             "max_position_embeddings": 4096,
             "rope_parameters": {
@@ -129,18 +128,13 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def _tokenizer() -> PreTrainedTokenizerFast:
-    return byte_level_tokenizer(
-        list(SPECIAL_TOKENS), pad_token="<|endoftext|>", eos_token="<|endoftext|>"
-    )
-
-
 def qwen2vl_config(preset: str) -> Qwen2VLConfig:
     """The model config of a preset, with the byte-level tokenizer's special-token ids."""
     if preset not in PRESETS:
         raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     text, vision, _ = PRESETS[preset]
-    ids = {t: BYTE_VOCAB + i for i, t in enumerate(SPECIAL_TOKENS)}
+    tok = qwen2vl_tokenizer()
+    ids = {t: int(tok.convert_tokens_to_ids(t)) for t in QWEN2VL_SPECIAL_TOKENS}  # type: ignore[arg-type]
     pad = ids["<|endoftext|>"]
     return Qwen2VLConfig(
         text_config={**text, "bos_token_id": pad, "eos_token_id": pad, "pad_token_id": pad},
@@ -180,7 +174,7 @@ def build(
         model = _model(preset, DTYPES[dtype], device)
     model.eval()
     processor = Qwen2VLImageProcessorPil(**PRESETS[preset][2])
-    return Backbone(model, _tokenizer(), processor, "decoder")  # type: ignore[arg-type]
+    return Backbone(model, qwen2vl_tokenizer(), processor, "decoder")  # type: ignore[arg-type]
 
 
 def write(

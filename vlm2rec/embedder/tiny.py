@@ -28,12 +28,27 @@ from transformers.models.siglip.image_processing_pil_siglip import SiglipImagePr
 
 from vlm2rec.embedder.tokenizer import BYTE_VOCAB, byte_level_tokenizer
 
-__all__ = ["TINY_MODELS", "Backbone", "build_tiny"]
+__all__ = [
+    "QWEN2VL_SPECIAL_TOKENS",
+    "TINY_MODELS",
+    "Backbone",
+    "build_tiny",
+    "padded_vocab",
+    "qwen2vl_tokenizer",
+]
 
 TINY_MODELS = ("tiny-qwen2vl", "tiny-clip", "tiny-siglip")
 HIDDEN, LAYERS, HEADS, FFN = 64, 2, 4, 128
 QWEN_IMAGE_SIDE = 56  # a multiple of patch 14 x merge 2: 4x4 patches -> 4 image tokens
 DUAL_IMAGE_SIDE, DUAL_PATCH = 32, 8  # 4x4 patches, the synthetic benchmark's native side
+#: the special tokens of the decoder VLM's tokenizer (Qwen2-VL's names)
+QWEN2VL_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 
 @dataclasses.dataclass
@@ -49,24 +64,26 @@ class Backbone:
     family: str
 
 
-def _vocab(n_special: int) -> int:
+def padded_vocab(n_special: int) -> int:
     """Bytes + specials, rounded up to a multiple of 8 (friendly matmul shapes)."""
     return -(-(BYTE_VOCAB + n_special) // 8) * 8
 
 
+def qwen2vl_tokenizer() -> PreTrainedTokenizerBase:
+    """The byte-level tokenizer with Qwen2-VL's special tokens (ids 256.., in
+    :data:`QWEN2VL_SPECIAL_TOKENS` order); also used by ``bench/random_qwen2vl.py``."""
+    return byte_level_tokenizer(
+        list(QWEN2VL_SPECIAL_TOKENS), pad_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+
+
 def _tiny_qwen2vl(image_side: int) -> Backbone:
-    specials = [
-        "<|endoftext|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ]
-    tok = byte_level_tokenizer(specials, pad_token="<|endoftext|>", eos_token="<|endoftext|>")
+    specials = QWEN2VL_SPECIAL_TOKENS
+    tok = qwen2vl_tokenizer()
     ids = {t: int(tok.convert_tokens_to_ids(t)) for t in specials}  # type: ignore[arg-type]
     pad = ids["<|endoftext|>"]
     text = {
-        "vocab_size": _vocab(len(specials)),
+        "vocab_size": padded_vocab(len(specials)),
         "hidden_size": HIDDEN,
         "intermediate_size": FFN,
         "num_hidden_layers": LAYERS,
@@ -115,7 +132,7 @@ def _dual_towers(
         "num_hidden_layers": LAYERS,
         "num_attention_heads": HEADS,
     }
-    text = {**common, "vocab_size": _vocab(n_special), "max_position_embeddings": 256, **ids}
+    text = {**common, "vocab_size": padded_vocab(n_special), "max_position_embeddings": 256, **ids}
     vision = {**common, "image_size": image_side, "patch_size": DUAL_PATCH}
     return text, vision
 
