@@ -83,6 +83,8 @@ METRIC = "val/ndcg@10"
 def bench_spec(args: argparse.Namespace) -> SearchSpec:
     """The space file with the bench's data size and extra overrides; its own dataset folder."""
     spec = load_search_spec(args.space)
+    if spec.study.mode != "max":  # best_so_far and budget_to_reach take larger as better
+        raise SystemExit(f"{args.space}: study.mode must be 'max' for bench/hpo.py")
     fixed = {**spec.fixed, "data.synthetic.users": args.users, "embedder.name": args.model}
     fixed.update(dict(parse_override(s) for s in args.set))
     synth = dataclasses.replace(spec, fixed=fixed).base_config().data.synthetic
@@ -196,14 +198,12 @@ def run_child(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- analysis (pure)
 
 
-def best_so_far(
-    reports: Sequence[Mapping[str, Any]], budget: int, mode: str = "max"
-) -> list[float]:
-    """``curve[b - 1]`` = best value among the first ``b`` reports; carried flat past the last report."""
-    pick = max if mode == "max" else min
+def best_so_far(reports: Sequence[Mapping[str, Any]], budget: int) -> list[float]:
+    """``curve[b - 1]`` = best (largest) value among the first ``b`` reports; carried flat past the
+    last report."""
     curve: list[float] = []
     for r in reports[:budget]:
-        curve.append(r["value"] if not curve else pick(curve[-1], r["value"]))
+        curve.append(r["value"] if not curve else max(curve[-1], r["value"]))
     return curve + [curve[-1] if curve else math.nan] * (budget - len(curve))
 
 

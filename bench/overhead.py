@@ -46,12 +46,15 @@ import time
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # bench/ is a folder of scripts, not a package: put it on the path so `common` imports from anywhere.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import headline, write_result
+
+if TYPE_CHECKING:
+    from study.search_space import SearchSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "search_spaces" / "base" / "synthetic.toml"
@@ -101,11 +104,10 @@ def space_toml(size: str, trials: int, data_root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def grid_points(space: Path) -> list[dict[str, Any]]:
+def grid_points(spec: SearchSpec) -> list[dict[str, Any]]:
     """Every point of the study's categorical grid (the trials the grid sampler will run)."""
-    from study.search_space import CategoricalParam, load_search_spec
+    from study.search_space import CategoricalParam
 
-    spec = load_search_spec(space)
     params = [p for p in spec.params if isinstance(p, CategoricalParam)]
     return [
         {p.path: v for p, v in zip(params, values, strict=True)}
@@ -123,7 +125,7 @@ def run_plain(space: Path, out: Path) -> None:
     torch.set_num_threads(1)
     spec = load_search_spec(space)
     records = []
-    for point in grid_points(space):
+    for point in grid_points(spec):
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="overhead-ckpt-") as ckpt:
             result = fit(spec.run_config(point), checkpoint_root=ckpt)

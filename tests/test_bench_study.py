@@ -30,7 +30,7 @@ def test_overhead_space_is_a_valid_grid_of_k_trials(tmp_path: Path, size: str) -
     assert spec.study.sampler == "grid" and spec.study.num_samples == spec.grid_size() == 3
     assert spec.study.scheduler == "none" and not spec.study.reference
     assert spec.study.workers_per_trial == 1 and spec.study.cpus_per_worker == 1.0
-    points = overhead.grid_points(space)
+    points = overhead.grid_points(spec)
     assert points == [{"loss.alpha": a} for a in overhead.ALPHAS[:3]]
     cfg = spec.run_config(points[0])
     assert cfg.train.epochs == overhead.SIZES[size]["train.epochs"]
