@@ -4,8 +4,9 @@ For each catalogue size ``N`` (``U`` users, dimension ``D``, ``H`` masked histor
 
 * **ours**: ``vlm2rec.evaluate.rank_targets`` with the default ``eval.user_batch_size`` and
   ``eval.item_chunk``: validation, one GEMM per ``[user block x (item chunk; target rows)]``, history
-  and target masking, and the pessimistic count :math:`r_u = 1 + |\{j \ne t_u : s_{uj} \ge
-  s_{ut_u}\}|` (exact ranks, from which every metric follows);
+  and target masking, and the two counts :math:`|\{j : s_{uj} > s_{ut_u}\}|` and
+  :math:`|\{j \ne t_u : s_{uj} = s_{ut_u}\}|` (exact ranks with ties, from which every metric
+  follows under either tie rule);
 * **floor**: what any full-ranking evaluator must at least do: the same blocks, one matrix product
   :math:`Q_b V_c^\top` per block and a running top-``k`` (``torch.topk`` per chunk, merged), **no**
   masking, no targets, no validation (:func:`floor_topk`);
@@ -155,10 +156,10 @@ def gemm_only(queries: Tensor, items: Tensor, user_batch_size: int, item_chunk: 
 
 
 def run_method(method: str, p: Problem, k: int, user_batch_size: int, item_chunk: int) -> Tensor:
-    """Run ``ours`` (exact ranks ``[U]``), ``floor`` (top-k ids ``[U, k]``), ``gemm`` (products
+    """Run ``ours`` (exact ranks ``[U]``: the target's first rank and its ties), ``floor`` (top-k ids ``[U, k]``), ``gemm`` (products
     only; returns one number) or the ``validation`` probe (returns the targets) on ``p``."""
     if method == "ours":
-        return rank_targets(
+        ranks = rank_targets(
             p.queries,
             p.items,
             p.targets,
@@ -167,6 +168,7 @@ def run_method(method: str, p: Problem, k: int, user_batch_size: int, item_chunk
             user_batch_size=user_batch_size,
             item_chunk=item_chunk,
         )
+        return torch.stack([ranks.first, ranks.ties], dim=1)
     if method == "floor":
         return floor_topk(p.queries, p.items, k, user_batch_size, item_chunk)
     if method == "gemm":

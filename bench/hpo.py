@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
         return None
     import ray
 
-    from vlm2rec.data.synthetic import ensure_dataset
+    from vlm2rec.data.prepare import ensure_dataset
 
     spec = bench_spec(args)
     ensure_dataset(spec.base_config().data)  # build once, before the runs race

@@ -175,7 +175,7 @@ def _study_record(study_dir: Path) -> dict[str, Any]:
 def measure(size: str, trials: int, work: Path, before: Path | None) -> dict[str, Any]:
     """Study (with the ``before`` code first, if given), then plain, for one size."""
     from study.search_space import load_search_spec
-    from vlm2rec.data.synthetic import ensure_dataset
+    from vlm2rec.data.prepare import ensure_dataset
 
     space = work / f"overhead-{size}.toml"
     space.write_text(space_toml(size, trials, work / "data"))

@@ -29,7 +29,7 @@ from study.driver import TrialPlan, run_trial
 from study.leaderboard import read_leaderboard
 from study.search_space import SearchSpec, StudySettings, make_sampler, to_tune_param_space
 from vlm2rec.config import to_dict
-from vlm2rec.data.synthetic import ensure_dataset
+from vlm2rec.data.prepare import ensure_dataset
 
 __all__ = ["LOCAL_RAY_ENV", "make_scheduler", "run_study"]
 

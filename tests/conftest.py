@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from vlm2rec.config import SyntheticConfig
+from vlm2rec.data.prepare import prepare_synthetic
 from vlm2rec.data.schema import PreparedDataset
-from vlm2rec.data.synthetic import prepare_synthetic
 
 #: 60 users, 32 items filling the 4 x 4 x 2 attribute grid exactly once, 16-pixel images.
 TINY_SYNTHETIC = SyntheticConfig(

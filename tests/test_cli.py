@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from metric_keys import split_keys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vlm2rec.cli import console
@@ -23,13 +24,6 @@ EPOCHS = 3
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _split_keys(split: str) -> set[str]:
-    base = [f"{split}/{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)] + [f"{split}/mrr"]
-    keys = {f"{b}{sfx}" for b in base for sfx in ("", "/text", "/image")}
-    keys |= {f"{split}/{n}" for n in ("modality_balance", "reliance_text", "reliance_image")}
-    return keys | {f"{split}/{n}_{v}" for n in ("anisotropy", "erank") for v in ("text", "image")}
 
 
 def _sets(data: Path, synthetic: SyntheticConfig) -> list[str]:
@@ -85,8 +79,8 @@ def test_train_writes_config_metrics_and_final(
     assert from_dict(config) == expected and config["embedder"]["name"] == "tiny-clip"
     rows = _rows(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
-    assert all(_split_keys("val") <= set(r) and "train/loss" in r for r in rows)
-    assert _split_keys("test") <= set(rows[-1])
+    assert all(split_keys("val") <= set(r) and "train/loss" in r for r in rows)
+    assert split_keys("test") <= set(rows[-1])
     final = json.loads((run_dir / "final.json").read_text())
     assert final["metric"] == "val/ndcg@10" and final["config"] == config
     best = final["best_epoch"]
@@ -94,7 +88,7 @@ def test_train_writes_config_metrics_and_final(
     assert final["best_metric"] == rows[best - 1]["val/ndcg@10"]
     assert final["val"] == {k: v for k, v in rows[best - 1].items() if k.startswith("val/")}
     assert final["test"] == {k: v for k, v in rows[-1].items() if k.startswith("test/")}
-    assert set(final["test"]) == _split_keys("test") and len(final["config_hash"]) == 12
+    assert set(final["test"]) == split_keys("test") and len(final["config_hash"]) == 12
 
 
 def test_train_writes_tensorboard_with_exact_tags(run_dir: Path) -> None:

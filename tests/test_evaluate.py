@@ -1,4 +1,4 @@
-"""Full-ranking evaluation: hand cases, masking/tie rules, chunking invariance, argsort reference."""
+"""Full-ranking evaluation: hand cases, mask and tie rules, chunking invariance, a loop reference."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlm2rec.evaluate import evaluate_views, rank_targets
+from vlm2rec.evaluate import TargetRanks, evaluate_views, rank_scores, rank_targets
 from vlm2rec.metrics import ranking_metrics
 
 
@@ -20,17 +20,23 @@ def _csr(seen: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _reference(
     queries: torch.Tensor, items: torch.Tensor, targets: list[int], seen: list[list[int]]
-) -> list[int]:
-    """Argsort reference: sort candidates by (score desc, target last among ties); rank = position."""
+) -> list[tuple[int, int]]:
+    """Loop reference: ``(1 + candidates above the target, other candidates tied with it)``, or
+    ``(0, 0)`` when the target is among the excluded items."""
     scores = queries.double() @ items.double().T  # [U, N + 1]
-    ranks = []
+    out = []
     for u, t in enumerate(targets):
-        cand = [j for j in range(1, items.shape[0]) if j == t or j not in seen[u]]
-        s = scores[u, cand].numpy()
-        is_target = np.array([j == t for j in cand])
-        order = np.lexsort((is_target, -s))  # primary key -score, ties broken with target last
-        ranks.append(int(np.nonzero(is_target[order])[0][0]) + 1)
-    return ranks
+        if t in seen[u]:
+            out.append((0, 0))
+            continue
+        cand = [j for j in range(1, items.shape[0]) if j not in seen[u]]
+        s, s_t = scores[u, cand], scores[u, t]
+        out.append((1 + int((s > s_t).sum()), int((s == s_t).sum()) - 1))
+    return out
+
+
+def _pairs(ranks: TargetRanks) -> list[tuple[int, int]]:
+    return list(zip(ranks.first.tolist(), ranks.ties.tolist(), strict=True))
 
 
 def _scalar_items(values: list[float]) -> torch.Tensor:
@@ -38,15 +44,22 @@ def _scalar_items(values: list[float]) -> torch.Tensor:
     return torch.tensor([[1e6], *[[v] for v in values]])
 
 
-def test_hand_case_with_pessimistic_tie() -> None:
+def test_hand_case_with_a_tie() -> None:
     items = _scalar_items([0.1, 0.5, 0.9, 0.5])  # ids 1..4
     q = torch.tensor([[1.0]])
     indptr, seen = _csr([[]])
-    # target 2 (0.5): item 3 (0.9) is ahead, item 4 ties at 0.5 and counts as ahead
-    assert rank_targets(q, items, torch.tensor([2]), indptr, seen).tolist() == [3]
+    # target 2 (0.5): item 3 (0.9) is ahead, item 4 ties at 0.5
+    ranks = rank_targets(q, items, torch.tensor([2]), indptr, seen)
+    assert _pairs(ranks) == [(2, 1)] and ranks.pessimistic().tolist() == [3]
     # target 3 (0.9) is alone at the top; target 1 (0.1) is last of 4
-    assert rank_targets(q, items, torch.tensor([3]), indptr, seen).tolist() == [1]
-    assert rank_targets(q, items, torch.tensor([1]), indptr, seen).tolist() == [4]
+    assert _pairs(rank_targets(q, items, torch.tensor([3]), indptr, seen)) == [(1, 0)]
+    assert _pairs(rank_targets(q, items, torch.tensor([1]), indptr, seen)) == [(4, 0)]
+    # expected ties: rank 2 or 3 with probability 1/2 each
+    got = ranks.metrics("val", ks=(2,))
+    assert got["val/ndcg@2"] == pytest.approx(0.5 / np.log2(3))
+    assert got["val/recall@2"] == pytest.approx(0.5)
+    assert got["val/mrr"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert ranks.metrics("val", ties="pessimistic", ks=(2,))["val/recall@2"] == 0.0
 
 
 def test_seen_item_with_higher_score_is_masked() -> None:
@@ -54,30 +67,58 @@ def test_seen_item_with_higher_score_is_masked() -> None:
     q = torch.tensor([[1.0], [1.0]])
     indptr, seen = _csr([[3], [3, 4]])
     ranks = rank_targets(q, items, torch.tensor([2, 2]), indptr, seen)
-    assert ranks.tolist() == [2, 1]
+    assert _pairs(ranks) == [(1, 1), (1, 0)]
 
 
-def test_target_in_seen_is_never_masked() -> None:
+def test_a_target_the_mask_excludes_is_a_miss() -> None:
     items = _scalar_items([0.1, 0.5, 0.9, 0.5])
     q = torch.tensor([[1.0], [1.0]])
-    indptr, seen = _csr([[2, 3], [3]])  # user 0 saw the target before (a repeat purchase)
-    assert rank_targets(q, items, torch.tensor([2, 2]), indptr, seen).tolist() == [2, 2]
+    indptr, seen = _csr([[2, 3], [3]])  # user 0 met the target before: not a candidate
+    ranks = rank_targets(q, items, torch.tensor([2, 2]), indptr, seen)
+    assert _pairs(ranks) == [(0, 0), (1, 1)]
+    assert ranks.pessimistic().tolist() == [0, 2]
+    got = ranks.metrics("val")
+    assert got["val/recall@20"] == 0.5 and got["val/mrr"] == pytest.approx((1 + 1 / 2) / 2 / 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 12), st.integers(0, 2**31 - 1))
+def test_the_mask_never_depends_on_the_target(n_items: int, seed: int) -> None:
+    """Whatever the scores, every target of one history is ranked against one candidate set."""
+    rng = np.random.default_rng(seed)
+    items = torch.tensor(rng.integers(-2, 3, (n_items + 1, 1)), dtype=torch.float32)
+    seen = sorted(set(rng.integers(1, n_items + 1, rng.integers(0, n_items)).tolist()))
+    targets = list(range(1, n_items + 1))  # the same history, every possible answer
+    indptr, flat = _csr([seen] * n_items)
+    ranks = rank_targets(torch.ones(n_items, 1), items, targets, indptr, flat)
+    candidates = [j for j in targets if j not in seen]
+    scores = items[:, 0].tolist()
+    for t, (first, ties) in zip(targets, _pairs(ranks), strict=True):
+        if t in seen:
+            assert (first, ties) == (0, 0)
+        else:
+            assert first == 1 + sum(scores[j] > scores[t] for j in candidates)
+            assert ties == sum(scores[j] == scores[t] for j in candidates) - 1
 
 
 def test_padding_row_never_counted() -> None:
     items = _scalar_items([0.1, 0.5])  # row 0 scores 1e6, above every item
     ranks = rank_targets(torch.tensor([[1.0]]), items, torch.tensor([2]), *_csr([[]]))
-    assert ranks.tolist() == [1]
+    assert _pairs(ranks) == [(1, 0)]
 
 
 @pytest.mark.parametrize("item_chunk", [1, 3, 100])
-def test_constant_scores_give_worst_rank(item_chunk: int) -> None:
+def test_constant_scores_score_at_the_random_level(item_chunk: int) -> None:
     items = torch.ones(11, 4)  # 10 identical items
     q = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
-    indptr, seen = _csr([[], [1, 2, 3], [5, 5, 6]])  # user 2's history repeats item 5
-    ranks = rank_targets(q, items, torch.tensor([4, 9, 5]), indptr, seen, item_chunk=item_chunk)
-    # rank = number of candidates: 10, 10 - 3, and 10 - 1 (item 6; item 5 is the target)
-    assert ranks.tolist() == [10, 7, 9]
+    indptr, seen = _csr([[], [1, 2, 3], [5, 6]])
+    ranks = rank_targets(q, items, torch.tensor([4, 9, 7]), indptr, seen, item_chunk=item_chunk)
+    # every candidate ties: 10, 10 - 3 and 10 - 2 of them
+    assert _pairs(ranks) == [(1, 9), (1, 6), (1, 7)]
+    assert ranks.pessimistic().tolist() == [10, 7, 8]
+    random_level = np.mean([sum(1 / np.log2(r + 1) for r in range(1, min(n, 5) + 1)) / n
+                            for n in (10, 7, 8)])  # fmt: skip
+    assert ranks.metrics("val", ks=(5,))["val/ndcg@5"] == pytest.approx(random_level)
 
 
 def test_chunked_equals_unchunked() -> None:
@@ -91,14 +132,14 @@ def test_chunked_equals_unchunked() -> None:
     seen = [rng.choice(np.arange(1, n_items + 1), size=rng.integers(0, 12)).tolist() for _ in q]
     indptr, flat = _csr(seen)
     full = rank_targets(q, items, targets, indptr, flat, user_batch_size=10_000, item_chunk=10_000)
-    assert full.tolist() == _reference(q, items, targets.tolist(), seen)
+    assert _pairs(full) == _reference(q, items, targets.tolist(), seen)
     for ub, ic in [(1, 1), (3, 7), (5, 8), (22, 56), (23, 57), (7, 2)]:
         got = rank_targets(q, items, targets, indptr, flat, user_batch_size=ub, item_chunk=ic)
-        assert torch.equal(got, full), (ub, ic)
+        assert _pairs(got) == _pairs(full), (ub, ic)
 
 
 def test_identical_embeddings_always_tie_with_target() -> None:
-    """Float embeddings: duplicates of the target must count as ahead, whatever the chunking.
+    """Float embeddings: duplicates of the target must count as ties, whatever the chunking.
 
     A row-wise dot product differs from the matrix product in the last bit for most users, so a
     rank that read the target score from another kernel would miss these ties.
@@ -113,11 +154,12 @@ def test_identical_embeddings_always_tie_with_target() -> None:
     tg = group[targets - 1].numpy()
     s_t = group_scores[np.arange(300), tg][:, None]
     counts = np.bincount(group.numpy(), minlength=40)
-    expected = 1 + ((group_scores > s_t) * counts).sum(1) + counts[tg] - 1
+    above = ((group_scores > s_t) * counts).sum(1)
     indptr, flat = _csr([[] for _ in range(300)])
     for ic in (64, 1000, 8192):
         got = rank_targets(q, items, targets, indptr, flat, user_batch_size=128, item_chunk=ic)
-        assert got.numpy().tolist() == expected.tolist()
+        assert got.first.tolist() == (1 + above).tolist()
+        assert got.ties.tolist() == (counts[tg] - 1).tolist()
 
 
 @settings(max_examples=80, deadline=None)
@@ -141,7 +183,12 @@ def test_matches_argsort_reference(
     got = rank_targets(
         q, items, np.array(targets), *_csr(seen), user_batch_size=user_batch, item_chunk=chunk
     )
-    assert got.tolist() == _reference(q, items, targets, seen)
+    assert _pairs(got) == _reference(q, items, targets, seen)
+    # a score matrix given outright is ranked the same way
+    scores = (q @ items.T).double()
+    assert _pairs(rank_scores(scores, targets, *_csr(seen), user_batch_size=user_batch)) == _pairs(
+        got
+    )
 
 
 def test_bf16_inputs_are_scored_in_float32() -> None:
@@ -152,7 +199,7 @@ def test_bf16_inputs_are_scored_in_float32() -> None:
     indptr, flat = _csr([[] for _ in range(20)])
     got = rank_targets(q, items, targets, indptr, flat, item_chunk=64)
     ref = rank_targets(q.float(), items.float(), targets, indptr, flat, item_chunk=64)
-    assert got.dtype == torch.long and torch.equal(got, ref)
+    assert got.first.dtype == torch.long and _pairs(got) == _pairs(ref)
 
 
 def test_numpy_index_arrays_accepted() -> None:
@@ -160,7 +207,7 @@ def test_numpy_index_arrays_accepted() -> None:
     ranks = rank_targets(
         torch.tensor([[1.0]]), items, np.array([1]), np.array([0, 1]), np.array([3], dtype=np.int32)
     )
-    assert ranks.tolist() == [2]
+    assert _pairs(ranks) == [(2, 0)]
 
 
 @pytest.mark.parametrize(
@@ -216,10 +263,8 @@ def test_evaluate_views_keys_and_consistency() -> None:
     q, views, targets, seen = _views(4)
     indptr, flat = _csr(seen)
     out = evaluate_views(q, views, targets, indptr, flat, "val", user_batch_size=7, item_chunk=9)
-    both = ranking_metrics(rank_targets(q, views["both"], targets, indptr, flat), "val")
-    image = ranking_metrics(
-        rank_targets(q, views["image"], targets, indptr, flat), "val", suffix="image"
-    )
+    both = rank_targets(q, views["both"], targets, indptr, flat).metrics("val")
+    image = rank_targets(q, views["image"], targets, indptr, flat).metrics("val", "image")
     assert {k: out[k] for k in both} == both
     assert {k: out[k] for k in image} == image
     assert "val/ndcg@10/text" in out and "val/recall@5/text" in out
@@ -259,8 +304,8 @@ def test_cuda_matches_cpu() -> None:
     targets = torch.randint(1, 5001, (500,), generator=gen)
     rng = np.random.default_rng(7)
     indptr, flat = _csr([rng.integers(1, 5001, 20).tolist() for _ in range(500)])
-    cpu = rank_targets(q, items, targets, indptr, flat, item_chunk=1000)
-    gpu = rank_targets(q.cuda(), items.cuda(), targets, indptr, flat, item_chunk=1000)
+    cpu = rank_targets(q, items, targets, indptr, flat, item_chunk=1000).pessimistic()
+    gpu = rank_targets(q.cuda(), items.cuda(), targets, indptr, flat, item_chunk=1000).pessimistic()
     assert gpu.device.type == "cuda"
     dup = (targets >= 100) & (targets < 200) | (targets == 7)
     assert torch.equal(gpu.cpu()[dup], cpu[dup])  # exact ties survive the device change

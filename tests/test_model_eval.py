@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import vlm2rec.model_eval as me
-from vlm2rec.config import RunConfig, SyntheticConfig, apply_overrides, to_dict
+from vlm2rec.config import EvalConfig, RunConfig, SyntheticConfig, apply_overrides, to_dict
 from vlm2rec.data.schema import PreparedDataset
 from vlm2rec.distributed import DistInfo
 from vlm2rec.embedder import build_embedder, encode_catalogue
@@ -54,9 +54,9 @@ def run(
     return build_run(cfg, DistInfo())
 
 
-def _views_reference(run: RunState, split: str) -> dict[str, float]:
+def _views_reference(run: RunState, split: str, ev: EvalConfig) -> dict[str, float]:
     """The same scoring assembled by hand from the public encoders and evaluate_views."""
-    emb, ev, examples = run.embedder, run.cfg.eval, getattr(run.splits, split)
+    emb, examples = run.embedder, getattr(run.splits, split)
     emb.eval()
     try:
         items = {v: encode_catalogue(emb, v, ev.item_batch_size) for v in ev.views}  # type: ignore[arg-type]
@@ -65,24 +65,27 @@ def _views_reference(run: RunState, split: str) -> dict[str, float]:
             queries = torch.cat([emb.encode_sequences(h) for h in hist.split(ev.user_batch_size)])
     finally:
         emb.train()
-    return evaluate_views(
+    got = evaluate_views(
         queries,
         items,
         examples.targets,
-        examples.seen_indptr,
-        examples.seen_items,
+        *examples.excluded(ev.exclude_seen),
         split,
+        ties=ev.ties,
         user_batch_size=ev.user_batch_size,
         item_chunk=ev.item_chunk,
     )
+    return got | {f"{split}/repeat_rate": float(examples.repeats.mean())}
 
 
-@pytest.mark.parametrize("split", ["val", "test"])
-def test_equals_evaluate_views(run: RunState, split: str) -> None:
-    got = me.evaluate_model(
-        run.embedder, getattr(run.splits, split), split, run.cfg.eval, DistInfo()
-    )
-    want = _views_reference(run, split)
+@pytest.mark.parametrize(
+    ("split", "exclude", "ties"),
+    [("val", "all", "expected"), ("test", "all", "expected"), ("val", "none", "pessimistic")],
+)
+def test_equals_evaluate_views(run: RunState, split: str, exclude: str, ties: str) -> None:
+    ev = dataclasses.replace(run.cfg.eval, exclude_seen=exclude, ties=ties)
+    got = me.evaluate_model(run.embedder, getattr(run.splits, split), split, ev, DistInfo())
+    want = _views_reference(run, split, ev)
     assert got.keys() == want.keys()
     assert got == pytest.approx(want, abs=1e-9)
 
@@ -110,7 +113,8 @@ def test_keys_and_values_are_sane(run: RunState) -> None:
 def test_fused_view_only_has_no_diagnostics(run: RunState) -> None:
     cfg = dataclasses.replace(run.cfg.eval, views=("both",))
     m = me.evaluate_model(run.embedder, run.splits.val, "val", cfg, DistInfo())
-    assert set(m) == {f"val/{n}@{k}" for n in ("recall", "ndcg") for k in KS} | {"val/mrr"}
+    ranking = {f"val/{n}@{k}" for n in ("recall", "ndcg") for k in KS}
+    assert set(m) == ranking | {"val/mrr", "val/repeat_rate"}
 
 
 def test_embed_catalogue_rows(run: RunState) -> None:

@@ -52,14 +52,28 @@ def test_history_longer_than_l_keeps_the_newest_last() -> None:
     assert s.train.histories[-1].tolist() == [5, 6, 7] and s.train.targets[-1] == 8
 
 
-def test_seen_excludes_the_target_even_if_seen_before() -> None:
+def test_seen_never_looks_at_the_target() -> None:
     s = make_splits(_table({1: [1, 2, 1, 3, 1], 2: [4, 4, 4]}), history_length=2, min_length=3)
     assert s.test.targets.tolist() == [1, 4]
-    assert s.test.seen(0).tolist() == [2, 3]  # item 1 was bought before, but is the target
+    assert s.test.seen(0).tolist() == [1, 2, 3]  # item 1 was met before: a repeat, excluded
     assert s.val.seen(0).tolist() == [1, 2]  # val target 3: the earlier 1 appears once (unique)
-    assert s.test.seen(1).tolist() == [] and s.val.seen(1).tolist() == []
-    rows, items = s.test.seen_pairs(0, 2)
-    assert rows.tolist() == [0, 0] and items.tolist() == [2, 3]
+    assert s.test.seen(1).tolist() == [4] and s.val.seen(1).tolist() == [4]
+    assert s.test.repeats.tolist() == [True, True] and s.val.repeats.tolist() == [False, True]
+    indptr, items = s.test.excluded("all")
+    assert indptr.tolist() == [0, 3, 4] and items.tolist() == [1, 2, 3, 4]
+    indptr, items = s.test.excluded("none")
+    assert indptr.tolist() == [0, 0, 0] and items.tolist() == []
+    with pytest.raises(ValueError, match=r"eval\.exclude_seen"):
+        s.test.excluded("target")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=3, max_size=10), st.integers(1, 6))
+def test_the_mask_is_the_same_whatever_the_target(seq: list[int], other: int) -> None:
+    a = make_splits(_table({1: seq}), 2, 3).test
+    b = make_splits(_table({1: [*seq[:-1], other]}), 2, 3).test
+    assert a.seen(0).tolist() == b.seen(0).tolist() == sorted(set(seq[:-1]))
+    assert bool(a.repeats[0]) == (seq[-1] in seq[:-1])
 
 
 def test_short_users_dropped_and_row_order_irrelevant() -> None:
@@ -114,7 +128,8 @@ def test_matches_a_per_user_reference(
             end = len(q) - back
             assert ex.histories[row].tolist() == _history(q, end, length)
             assert ex.targets[row] == q[end]
-            assert ex.seen(row).tolist() == sorted(set(q[:end]) - {q[end]})
+            assert ex.seen(row).tolist() == sorted(set(q[:end]))
+            assert ex.repeats[row] == (q[end] in q[:end])
 
 
 def _as_rows(ex: EvalExamples) -> list[tuple[int, list[int], int, list[int]]]:

@@ -11,22 +11,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlm2rec.config import DataConfig, SyntheticConfig, to_dict
-from vlm2rec.data.schema import DatasetError, PreparedDataset, read_dataset
-from vlm2rec.data.synthetic import (
+from vlm2rec.config import ConfigError, DataConfig, SyntheticConfig, to_dict
+from vlm2rec.data.prepare import (
     add_prepare_arguments,
+    ensure_dataset,
+    prepare_from_args,
+    prepare_synthetic,
+)
+from vlm2rec.data.schema import DatasetError, PreparedDataset, read_dataset
+from vlm2rec.data.splits import make_splits
+from vlm2rec.data.synthetic import (
     brand_word,
     build_synthetic,
     colour_word,
-    ensure_dataset,
     item_attributes,
-    prepare_from_args,
-    prepare_synthetic,
     shape_name,
+    transition_maps,
 )
 
 # 32 items fill the 4 x 4 x 2 grid once; 8-pixel images keep the statistical builds fast.
 SMALL = SyntheticConfig(users=60, items=32, shapes=4, brands=4, colours=2, image_size=8)
+KEEP = dataclasses.replace(SMALL, transition="keep")
 FILES = ("items.parquet", "interactions.parquet", "meta.json")
 
 
@@ -78,12 +83,12 @@ def test_read_back_equals_what_was_built(tiny_dataset: PreparedDataset) -> None:
     assert again.meta["num_users"] == 60 and again.meta["num_items"] == 32
 
 
-def test_zero_image_signal_makes_next_shape_independent() -> None:
-    cfg = dataclasses.replace(SMALL, users=1500, image_signal=0.0)
+@pytest.mark.parametrize("transition", ["keep", "permutation"])
+def test_zero_image_signal_makes_next_shape_independent(transition: str) -> None:
+    cfg = dataclasses.replace(SMALL, users=1500, image_signal=0.0, transition=transition)
     cur, nxt = _transitions(cfg, 0)
     # chi-square, 9 degrees of freedom: 27.88 is the 0.001 critical value.
     assert _chi_square(cur, nxt, 4) < 27.88
-    assert abs(np.mean(cur == nxt) - 1 / 4) < 0.03
     # The same statistic does detect dependence when the signal is on (the test has power).
     cur, nxt = _transitions(dataclasses.replace(cfg, image_signal=0.3), 0)
     assert _chi_square(cur, nxt, 4) > 100
@@ -91,7 +96,10 @@ def test_zero_image_signal_makes_next_shape_independent() -> None:
 
 @pytest.mark.parametrize("items", [32, 24])  # 24 < grid of 32: empty cells use the fallback
 def test_full_image_signal_keeps_the_shape(items: int) -> None:
-    cfg = dataclasses.replace(SMALL, items=items, image_signal=1.0, text_signal=0.0)
+    # A user meets at most items / shapes items of one shape before the shape must change.
+    cfg = dataclasses.replace(
+        KEEP, items=items, image_signal=1.0, text_signal=0.0, max_length=items // 4
+    )
     attrs = item_attributes(cfg)
     for seq in _sequences(cfg):
         assert len(set(attrs[seq, 0].tolist())) == 1
@@ -100,14 +108,58 @@ def test_full_image_signal_keeps_the_shape(items: int) -> None:
     assert np.mean(cur != nxt) > 0.3
 
 
-def test_text_and_colour_signals() -> None:
-    cfg = dataclasses.replace(SMALL, image_signal=0.0, text_signal=1.0, colour_signal=1.0)
-    attrs = item_attributes(cfg)
+def test_full_signals_follow_the_permutations() -> None:
+    cfg = dataclasses.replace(SMALL, image_signal=1.0, text_signal=1.0, max_length=6)
+    pi_shape, pi_brand = transition_maps(cfg)
+    assert sorted(pi_shape.tolist()) == list(range(4)) and sorted(pi_brand.tolist()) == [0, 1, 2, 3]
+    assert not (pi_shape == np.arange(4)).any() and not (pi_brand == np.arange(4)).any()
+    for attribute, pi in ((0, pi_shape), (1, pi_brand)):
+        cur, nxt = _transitions(cfg, attribute)
+        # The drawn shape is always honoured; the brand only when an unseen item has both.
+        share = np.mean(nxt == pi[cur])
+        assert share == 1.0 if attribute == 0 else share > 0.9
+        assert np.mean(nxt == cur) < 0.05  # the next item does not look like the last one
+
+
+def test_transition_maps_are_seeded_derangements() -> None:
+    a = transition_maps(dataclasses.replace(SMALL, shapes=8, brands=8, items=128))
+    b = transition_maps(dataclasses.replace(SMALL, shapes=8, brands=8, items=128))
+    c = transition_maps(dataclasses.replace(SMALL, shapes=8, brands=8, items=128, seed=1))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+    keep = transition_maps(KEEP)
+    assert all(np.array_equal(m, np.arange(4)) for m in keep)
+    with pytest.raises(ConfigError, match=r"data\.synthetic\.transition: \"permutation\" needs"):
+        dataclasses.replace(SMALL, shapes=1, items=8, max_length=8)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, KEEP, dataclasses.replace(SMALL, items=24, max_length=24)])
+def test_no_user_meets_an_item_twice(cfg: SyntheticConfig) -> None:
+    # max_length = items: the fallback chain must reach "any unseen item" and still never repeat.
     for seq in _sequences(cfg):
-        assert len(set(attrs[seq, 1].tolist())) == 1  # brand kept
-        assert len(set(attrs[seq, 2].tolist())) == 1  # favourite colour every time
+        assert len(set(seq.tolist())) == len(seq)
+    _, inter, _ = build_synthetic(cfg)
+    splits = make_splits(inter, history_length=3, min_length=3)
+    assert not splits.val.repeats.any() and not splits.test.repeats.any()
+
+
+def test_sequences_longer_than_the_catalogue_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"data\.synthetic\.max_length: must be <= items \(32\)"):
+        dataclasses.replace(SMALL, max_length=33)
+
+
+def test_text_and_colour_signals() -> None:
+    cfg = dataclasses.replace(
+        KEEP, items=128, max_length=8, image_signal=0.0, text_signal=1.0, colour_signal=1.0
+    )  # 4 copies per cell
+    attrs = item_attributes(cfg)
+    # Brand and favourite colour are drawn every time; only a fallback (the user met every item
+    # of the drawn shape, brand and colour) moves them, and the shape is honoured first.
+    runs = [(attrs[s, 1], attrs[s, 2]) for s in _sequences(cfg)]
+    assert np.mean([np.mean(b[1:] == b[:-1]) for b, _ in runs]) > 0.9
+    assert np.mean([np.mean(c == np.bincount(c).argmax()) for _, c in runs]) > 0.9
     cur, nxt = _transitions(dataclasses.replace(cfg, text_signal=0.5), 1)
-    assert 0.55 < np.mean(cur == nxt) < 0.70  # 0.5 + 0.5 / 4 = 0.625
+    assert 0.5 < np.mean(cur == nxt) < 0.70  # 0.5 + 0.5 / 4 = 0.625, a little less after fallbacks
 
 
 def test_attributes_cycle_the_grid_under_a_permutation() -> None:
@@ -229,16 +281,16 @@ def test_default_build_is_fast() -> None:
 def test_ensure_dataset_loses_a_race_gracefully(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vlm2rec.data.synthetic as synthetic
+    import vlm2rec.data.prepare as prepare
 
     target = tmp_path / "ds"
-    real_prepare = synthetic.prepare_synthetic
+    real_prepare = prepare.prepare_synthetic
 
     def racing_prepare(cfg: SyntheticConfig, out: str | Path) -> PreparedDataset:
         real_prepare(cfg, target)  # another worker finishes first, between our check and rename
         return real_prepare(cfg, out)
 
-    monkeypatch.setattr(synthetic, "prepare_synthetic", racing_prepare)
+    monkeypatch.setattr(prepare, "prepare_synthetic", racing_prepare)
     ds = ensure_dataset(DataConfig(path=str(target), synthetic=SMALL))
     assert ds.path == target and ds.meta["knobs"] == to_dict(SMALL)
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # our temporary copy was discarded

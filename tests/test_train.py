@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
+from metric_keys import split_keys
 
 import vlm2rec.train as train_mod
 from vlm2rec.checkpoint import load_checkpoint
@@ -24,7 +25,7 @@ from vlm2rec.config import RunConfig, SyntheticConfig, apply_overrides, to_dict
 from vlm2rec.data.schema import PreparedDataset
 from vlm2rec.distributed import DistInfo
 from vlm2rec.model_eval import evaluate_model
-from vlm2rec.train import FitResult, NonFiniteLossError, build_run, fit, lr_factor
+from vlm2rec.train import FitResult, NonFiniteLossError, build_run, fit, lr_factor, run_oracles
 
 KS = (5, 10, 20)
 #: DESIGN.md rule 2: every epoch that validates reports exactly these (plus bookkeeping).
@@ -38,15 +39,6 @@ TRAIN_KEYS = {
     "train/weak_image_share",
     "train/lr",
 }
-
-
-def split_keys(split: str) -> set[str]:
-    """The rule-2 evaluation keys of one split."""
-    base = [f"{split}/{m}@{k}" for m in ("recall", "ndcg") for k in KS] + [f"{split}/mrr"]
-    keys = {f"{b}{sfx}" for b in base for sfx in ("", "/text", "/image")}
-    keys |= {f"{split}/{n}" for n in ("modality_balance", "reliance_text", "reliance_image")}
-    keys |= {f"{split}/{n}_{v}" for n in ("anisotropy", "erank") for v in ("text", "image")}
-    return keys
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +124,7 @@ def test_fit_test_metrics_come_from_best_checkpoint(
     run = build_run(cfg, DistInfo())
     run.embedder.load_trainable_state_dict(best)
     again = evaluate_model(run.embedder, run.splits.test, "test", cfg.eval, DistInfo())
+    again |= run_oracles(run, run.splits.test, "test")  # model-free, reported beside the model's
     assert again == pytest.approx(res.test, abs=1e-6)
 
 

@@ -1,4 +1,4 @@
-"""``python -m vlm2rec.cli {prepare,train,evaluate,export}``: one run without Ray.
+"""``python -m vlm2rec.cli {prepare,baselines,train,evaluate,export}``: one run without Ray.
 
 ``prepare SOURCE`` dispatches to the module that owns the source; each such module exposes
 ``add_prepare_arguments(parser, source)`` and ``prepare_from_args(args) -> PreparedDataset``.
@@ -19,7 +19,7 @@ from typing import Any
 __all__ = ["main"]
 
 PREPARE_SOURCES = {
-    "synthetic": ("vlm2rec.data.synthetic", "the built-in synthetic multimodal benchmark"),
+    "synthetic": ("vlm2rec.data.prepare", "the built-in synthetic multimodal benchmark"),
     "amazon2018": ("vlm2rec.data.amazon", "Amazon Reviews 2018 (meta_*.json.gz + reviews/ratings)"),
     "amazon2023": ("vlm2rec.data.amazon", "Amazon Reviews 2023 (meta_*.jsonl.gz + *.jsonl.gz)"),
     "table": ("vlm2rec.data.table", "any items + interactions CSV/Parquet pair"),
@@ -141,10 +141,12 @@ def _load_run(run_dir: Path) -> Any:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from vlm2rec.distributed import DistInfo
     from vlm2rec.model_eval import evaluate_model
+    from vlm2rec.train import run_oracles
 
     run = _load_run(Path(args.run))
     examples = getattr(run.splits, args.split)
     metrics = evaluate_model(run.embedder, examples, args.split, run.cfg.eval, DistInfo())
+    metrics |= run_oracles(run, examples, args.split)
     _write_json(Path(args.run) / f"eval_{args.split}.json", metrics)
     print(json.dumps(_json_safe(metrics), indent=2, sort_keys=True))
     return 0
@@ -168,6 +170,46 @@ def _run_export(args: argparse.Namespace) -> int:
         columns[f"embedding_{view}"] = pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])
     pq.write_table(pa.table(columns), args.out)
     print(f"wrote {args.out}: {len(ids)} items x {emb.shape[1]} dims x 3 views")
+    return 0
+
+
+#: (label, key infix, key suffix) of the rows ``baselines`` prints
+_BASELINE_ROWS = (
+    ("random", "baseline/random", ""),
+    ("popularity", "baseline/popularity", ""),
+    ("copy the history", "baseline/history", ""),
+    ("oracle, text only", "oracle", "/text"),
+    ("oracle, image only", "oracle", "/image"),
+    ("oracle", "oracle", ""),
+)
+
+
+def _run_baselines(args: argparse.Namespace) -> int:
+    from vlm2rec.baselines import baseline_metrics
+    from vlm2rec.config import load_config, parse_override
+    from vlm2rec.data.oracle import oracle_metrics
+    from vlm2rec.data.prepare import ensure_dataset
+    from vlm2rec.data.splits import make_splits
+
+    cfg = load_config(args.config, dict(parse_override(o) for o in args.set))
+    ds = ensure_dataset(cfg.data)
+    splits = make_splits(ds.interactions, cfg.data.history_length, cfg.data.min_sequence_length)
+    scores: dict[str, float] = {}
+    for split in ("val", "test"):
+        scores |= baseline_metrics(splits, split, ds.num_items, cfg.eval)
+        if ds.meta.get("name") == "synthetic":
+            scores |= oracle_metrics(cfg.data.synthetic, getattr(splits, split), split, cfg.eval)
+    cols = [f"{split}/{m}" for split in ("val", "test") for m in ("ndcg@10", "recall@10")]
+    print(
+        f"{ds.path}: exclude_seen = {cfg.eval.exclude_seen!r}, ties = {cfg.eval.ties!r}, "
+        f"history {cfg.data.history_length}; repeat rate val {splits.val.repeats.mean():.3f}, "
+        f"test {splits.test.repeats.mean():.3f}"
+    )
+    print(f"{'ranker':<20}" + "".join(f"{c:>16}" for c in cols))
+    for label, infix, suffix in _BASELINE_ROWS:
+        keys = [f"{c.split('/')[0]}/{infix}/{c.split('/')[1]}{suffix}" for c in cols]
+        if all(k in scores for k in keys):
+            print(f"{label:<20}" + "".join(f"{scores[k]:>16.4f}" for k in keys))
     return 0
 
 
@@ -195,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the latest checkpoint in --out"
     )
     train.set_defaults(func=_run_train)
+    baselines = sub.add_parser(
+        "baselines", help="score the model-free rankers (and, on synthetic data, the oracles)"
+    )
+    baselines.add_argument("--config", required=True, help="run config TOML (data and eval)")
+    baselines.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="dotted-path override"
+    )
+    baselines.set_defaults(func=_run_baselines)
     evaluate = sub.add_parser("evaluate", help="re-score a run's best checkpoint")
     evaluate.add_argument("--run", required=True, help="run folder written by `train`")
     evaluate.add_argument("--split", choices=["val", "test"], default="test")

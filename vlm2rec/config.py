@@ -71,17 +71,16 @@ class SyntheticConfig:
     colours: int = 2  #: values of the attribute visible in both (colour of shape / colour word)
     min_length: int = 5  #: shortest user sequence (>= 3 for leave-one-out)
     max_length: int = 20  #: longest user sequence
-    image_signal: float = (
-        0.9  #: P(next item keeps the current shape); 0 = shape independent of next item
-    )
-    text_signal: float = (
-        0.9  #: P(next item keeps the current brand); 0 = brand independent of next item
-    )
+    image_signal: float = 0.9  #: P(next shape follows the transition); 0 = independent of history
+    text_signal: float = 0.9  #: P(next brand follows the transition); 0 = independent of history
     colour_signal: float = 0.7  #: P(next item has the user's favourite colour)
     text_filler: int = (
         0  #: item-unique filler words per text (0 = text is a pure attribute shortcut)
     )
     image_size: int = 32  #: side of the square PNG images in pixels
+    #: how shape and brand move: "permutation" = to pi(current) (a seeded permutation without fixed
+    #: points, so the next item does not look like the last one), "keep" = stay on the current one
+    transition: Literal["keep", "permutation"] = "permutation"
 
     def __post_init__(self) -> None:
         for name in ("users", "items", "shapes", "brands", "colours", "image_size"):
@@ -93,6 +92,18 @@ class SyntheticConfig:
         for name in ("image_signal", "text_signal", "colour_signal"):
             _check(0.0 <= getattr(self, name) <= 1.0, f"data.synthetic.{name}", "must be in [0, 1]")
         _check(self.text_filler >= 0, "data.synthetic.text_filler", "must be >= 0")
+        # Values that own an item: shapes cycle first over the grid, then brands.
+        present = (min(self.shapes, self.items), min(self.brands, -(-self.items // self.shapes)))
+        _check(
+            self.transition == "keep" or min(present) >= 2,
+            "data.synthetic.transition",
+            '"permutation" needs >= 2 shapes and >= 2 brands that own an item (else use "keep")',
+        )
+        _check(
+            self.max_length <= self.items,
+            "data.synthetic.max_length",
+            f"must be <= items ({self.items}): a user never meets an item twice",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +262,11 @@ class EvalConfig:
         "text",
         "image",
     )  #: item views scored (single views feed diagnostics)
+    #: items removed from a user's candidates: "all" = every item seen before the target (a
+    #: repeated target is then a miss; {split}/repeat_rate says how often), "none" = rank everything
+    exclude_seen: Literal["all", "none"] = "all"
+    #: tied scores: "expected" = exact mean over random tie-breaking, "pessimistic" = ties rank ahead
+    ties: Literal["expected", "pessimistic"] = "expected"
 
     def __post_init__(self) -> None:
         _check(

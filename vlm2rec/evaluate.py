@@ -1,20 +1,24 @@
-r"""Full-ranking evaluation: every catalogue item is a candidate (METHOD.md §1, §7).
+r"""Full-ranking evaluation: every catalogue item is a candidate (docs/METHOD.md §1, §7).
 
-For user :math:`u` with sequence embedding :math:`q_u`, held-out target :math:`t_u` and history
-:math:`H_u` (items seen before the target), the score of item :math:`j` is :math:`s_{uj} = q_u^\top
-v_j` and the target's rank is
+For user :math:`u` with sequence embedding :math:`q_u`, held-out target :math:`t_u` and the items
+:math:`H_u` excluded from its candidates (``eval.exclude_seen``: every item seen before the target,
+or none), the score of item :math:`j` is :math:`s_{uj} = q_u^\top v_j`, the candidates are
+:math:`C_u = \{1, \dots, N\} \setminus H_u` and the target's position is described by
 
 .. math::
 
-    r_u = 1 + \bigl|\{\, j \in C_u : j \ne t_u,\ s_{uj} \ge s_{ut_u} \,\}\bigr|,
-    \qquad C_u = \{1, \dots, N\} \setminus (H_u \setminus \{t_u\})
+    a_u = \bigl|\{\, j \in C_u : s_{uj} > s_{ut_u} \,\}\bigr|, \qquad
+    g_u = \bigl|\{\, j \in C_u : j \ne t_u,\ s_{uj} = s_{ut_u} \,\}\bigr|
 
-- **Mask rule**: candidates are all items ``1..N`` (row 0 of the item matrix is padding and never a
-  candidate) minus the user's seen items; the target itself is never masked, even when it also
-  appears among the seen items (a repeat purchase stays rankable).
-- **Tie rule (pessimistic)**: every other candidate whose score *equals* the target's counts as
-  ranked ahead of it, so constant scores give the worst rank :math:`|C_u|` and can never look good
-  (METHOD.md §9: optimistic ties made a collapsed text view look strong).
+returned as ``first = a + 1`` and ``ties = g`` (:class:`TargetRanks`).
+
+- **Mask rule**: :math:`H_u` is a function of the history alone. A target inside :math:`H_u` (it
+  repeats an earlier item) is not a candidate: ``first = 0`` (:data:`vlm2rec.metrics.MISS`), a miss
+  for every metric. Row 0 of the item matrix is padding and never a candidate.
+- **Tie rules** (``eval.ties``): ``expected`` scores a tied target by the exact expectation of
+  random tie-breaking (:mod:`vlm2rec.metrics`), so constant scores land at the random level and a
+  single view whose items share texts is not zeroed; ``pessimistic`` ranks every tie ahead
+  (rank :math:`a + g + 1`).
 - **Exact ties need one GEMM**: a BLAS result depends on the call's shape (measured here: a row-wise
   dot product disagrees with the matrix product in the last bit for most users), so two items with
   identical embeddings could land on either side of the target. Each score block is therefore
@@ -23,7 +27,7 @@ v_j` and the target's rank is
 
 Scores are computed in float32 whatever the input dtype (bf16 scores would manufacture ties), in
 blocks of ``user_batch_size x item_chunk``: memory is :math:`O(B \cdot C)`, never users x items, and
-no top-k is needed, only a count per block.
+no top-k is needed, only two counts per block.
 
 ======================  ==========================================================
 symbol                  argument
@@ -36,26 +40,60 @@ symbol                  argument
 ======================  ==========================================================
 
 Shapes: ``queries [U, D]``, ``items [N + 1, D]``, ``targets [U]``, ``seen_indptr [U + 1]``,
-``seen_items [nnz]`` (CSR; item ids in ``1..N``); result ``[U]`` int64 on the queries' device.
+``seen_items [nnz]`` (CSR; item ids in ``1..N``); results ``[U]`` int64 on the queries' device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from vlm2rec.diagnostics import embedding_diagnostics, modality_diagnostics
-from vlm2rec.metrics import ranking_metrics
+from vlm2rec.metrics import DEFAULT_KS, MISS, ranking_metrics
 
-__all__ = ["VIEWS", "evaluate_views", "rank_targets"]
+__all__ = [
+    "VIEWS",
+    "TargetRanks",
+    "TieRule",
+    "evaluate_views",
+    "rank_scores",
+    "rank_targets",
+    "view_metrics",
+]
 
 VIEWS: tuple[str, ...] = ("both", "text", "image")  #: item views; single views get a key suffix
+TieRule = Literal["expected", "pessimistic"]  #: ``eval.ties``
 
 IndexLike = Tensor | np.ndarray[Any, Any] | Sequence[int]  #: index arrays: tensor, numpy or list
+
+
+class TargetRanks(NamedTuple):
+    """Where each target landed among its candidates (module docstring: :math:`a`, :math:`g`)."""
+
+    first: Tensor  #: [U] int64: 1 + candidates scored above the target; 0 = masked (a miss)
+    ties: Tensor  #: [U] int64: other candidates scored exactly as the target
+
+    def pessimistic(self) -> Tensor:
+        """``[U]`` ranks with every tie counted ahead (0 stays 0: a miss)."""
+        return torch.where(self.first > 0, self.first + self.ties, self.first)
+
+    def metrics(
+        self,
+        split: str,
+        suffix: str = "",
+        ties: TieRule = "expected",
+        ks: Sequence[int] = DEFAULT_KS,
+    ) -> dict[str, float]:
+        """Every ranking metric of these ranks under ``ties`` (keys as ``ranking_metrics``)."""
+        if ties == "expected":
+            return ranking_metrics(self.first.cpu(), split, ks, suffix, ties=self.ties.cpu())
+        if ties == "pessimistic":
+            return ranking_metrics(self.pessimistic().cpu(), split, ks, suffix)
+        raise ValueError(f"eval.ties: expected 'expected' or 'pessimistic', got {ties!r}")
 
 
 def _as_index(x: IndexLike, name: str, device: torch.device) -> Tensor:
@@ -80,12 +118,18 @@ def _validate(
         )
     if queries.device != items.device:
         raise ValueError(f"queries on {queries.device} but items on {items.device}; expected one")
-    n_items, n_users = items.shape[0] - 1, queries.shape[0]
-    if n_items < 1:
+    if items.shape[0] < 2:
         raise ValueError("items: expected row 0 (padding) plus at least one item, got 0 items")
     for name, emb in (("queries", queries), ("items", items[1:])):
         if not emb.dtype.is_floating_point or not bool(torch.isfinite(emb).all()):
             raise ValueError(f"{name}: expected finite floating-point embeddings")
+    _validate_index(queries.shape[0], items.shape[0] - 1, targets, indptr, seen)
+
+
+def _validate_index(
+    n_users: int, n_items: int, targets: Tensor, indptr: Tensor, seen: Tensor
+) -> None:
+    """The targets and the CSR of excluded items, against ``n_users`` and ids ``1..n_items``."""
     if targets.shape[0] != n_users:
         raise ValueError(f"targets: expected {n_users} entries (one per query), got {len(targets)}")
     bad = (targets < 1) | (targets > n_items)
@@ -120,15 +164,24 @@ def _mask_(scores: Tensor, rows: Tensor, cand: Tensor, start: int, width: int) -
     scores[rows, torch.where(inside, local, width)] = float("-inf")
 
 
+def _tally(scores: Tensor, s_target: Tensor) -> tuple[Tensor, Tensor]:
+    """``(strictly above, equal)`` counts per row of a masked ``[B, C]`` score block."""
+    # int32 partial sums (a chunk holds < 2**31 items) skip a bool -> int64 copy
+    above = (scores > s_target[:, None]).sum(dim=1, dtype=torch.int32)
+    level = (scores == s_target[:, None]).sum(dim=1, dtype=torch.int32)
+    return above, level
+
+
 def _count_block(
     queries: Tensor, cand: Tensor, targets0: Tensor, rows: Tensor, seen0: Tensor, item_chunk: int
-) -> Tensor:
+) -> TargetRanks:
     """Ranks of one user block; ``targets0``/``seen0`` are 0-based candidate indices."""
     q = queries.float()  # [B, D]
     n_users = q.shape[0]
     target_rows = cand[targets0].float()  # [B, D]
     own = torch.arange(n_users, device=q.device)
-    ahead = torch.zeros(n_users, dtype=torch.long, device=q.device)
+    above = torch.zeros(n_users, dtype=torch.long, device=q.device)
+    level = torch.zeros(n_users, dtype=torch.long, device=q.device)
     for start in range(0, cand.shape[0], item_chunk):
         chunk = cand[start : start + item_chunk].float()  # [C, D]
         width = chunk.shape[0]
@@ -136,10 +189,30 @@ def _count_block(
         scores = q @ torch.cat([chunk, target_rows]).T  # [B, C + B]
         s_target = scores[:, width:].diagonal().clone()  # [B]
         _mask_(scores, rows, seen0, start, width)
-        _mask_(scores, own, targets0, start, width)  # j != t: the target is not ahead of itself
-        # int32 partial sums (a chunk holds < 2**31 items) skip a bool -> int64 copy
-        ahead += (scores[:, :width] >= s_target[:, None]).sum(dim=1, dtype=torch.int32)
-    return ahead + 1
+        _mask_(scores, own, targets0, start, width)  # j != t: the target is not its own tie
+        gt, eq = _tally(scores[:, :width], s_target)
+        above += gt
+        level += eq
+    return _ranks(above, level, rows, seen0, targets0)
+
+
+def _ranks(
+    above: Tensor, level: Tensor, rows: Tensor, seen0: Tensor, targets0: Tensor
+) -> TargetRanks:
+    """A block's counts as :class:`TargetRanks`: a target that the mask excluded is a miss."""
+    masked = torch.zeros(len(above), dtype=torch.bool, device=above.device)
+    masked[rows[seen0 == targets0[rows]]] = True
+    return TargetRanks(torch.where(masked, MISS, above + 1), torch.where(masked, 0, level))
+
+
+def _block_rows(indptr: Tensor, b0: int, b1: int) -> tuple[Tensor, int, int]:
+    """``(rows, lo, hi)``: the block-local user row of each excluded entry of users ``b0:b1``."""
+    lo, hi = int(indptr[b0]), int(indptr[b1])
+    counts = indptr[b0 + 1 : b1 + 1] - indptr[b0:b1]  # [B] excluded items per user
+    rows = torch.repeat_interleave(
+        torch.arange(b1 - b0, device=indptr.device), counts, output_size=hi - lo
+    )  # [nnz_block]
+    return rows, lo, hi
 
 
 def rank_targets(
@@ -151,15 +224,15 @@ def rank_targets(
     *,
     user_batch_size: int = 256,
     item_chunk: int = 8192,
-) -> Tensor:
-    r"""1-based full-ranking rank of each user's target (module docstring: mask and tie rules).
+) -> TargetRanks:
+    r"""Where each user's target lands among its candidates (module docstring: mask and ties).
 
-    :math:`r_u = 1 + |\{j \in C_u, j \ne t_u : s_{uj} \ge s_{ut_u}\}|`, so a constant score gives
-    :math:`r_u = |C_u|`.
+    ``first`` :math:`= 1 + a_u` (0 when the mask excludes the target), ``ties`` :math:`= g_u`;
+    constant scores give ``first = 1``, ``ties = |C_u| - 1``.
 
     Shapes: ``queries [U, D]``, ``items [N + 1, D]`` (row 0 padding), ``targets [U]``,
-    ``seen_indptr [U + 1]``, ``seen_items [nnz]``; returns ``[U]`` int64 on ``queries.device``.
-    Index arrays may be tensors (any device), numpy arrays or lists.
+    ``seen_indptr [U + 1]``, ``seen_items [nnz]``; returns two ``[U]`` int64 tensors on
+    ``queries.device``. Index arrays may be tensors (any device), numpy arrays or lists.
     """
     if user_batch_size < 1 or item_chunk < 1:
         raise ValueError(f"user_batch_size={user_batch_size}, item_chunk={item_chunk}: need >= 1")
@@ -169,18 +242,69 @@ def rank_targets(
     seen = _as_index(seen_items, "seen_items", dev)
     _validate(queries, items, tgt, indptr, seen)
     cand = items[1:]  # [N, D]: candidate index j is item id j + 1
-    ranks = torch.empty(queries.shape[0], dtype=torch.long, device=dev)
+    first = torch.empty(queries.shape[0], dtype=torch.long, device=dev)
+    ties = torch.empty_like(first)
     for b0 in range(0, queries.shape[0], user_batch_size):
         b1 = min(b0 + user_batch_size, queries.shape[0])
-        lo, hi = int(indptr[b0]), int(indptr[b1])
-        counts = indptr[b0 + 1 : b1 + 1] - indptr[b0:b1]  # [B] seen items per user
-        rows = torch.repeat_interleave(
-            torch.arange(b1 - b0, device=dev), counts, output_size=hi - lo
-        )  # [nnz_block]: block-local row of each seen entry
-        ranks[b0:b1] = _count_block(
+        rows, lo, hi = _block_rows(indptr, b0, b1)
+        block = _count_block(
             queries[b0:b1], cand, tgt[b0:b1] - 1, rows, seen[lo:hi] - 1, item_chunk
         )
-    return ranks
+        first[b0:b1], ties[b0:b1] = block
+    return TargetRanks(first, ties)
+
+
+def rank_scores(
+    scores: Tensor,
+    targets: IndexLike,
+    seen_indptr: IndexLike,
+    seen_items: IndexLike,
+    *,
+    user_batch_size: int = 256,
+) -> TargetRanks:
+    """:func:`rank_targets` for a score matrix given outright (model-free rankers, oracles).
+
+    Scores keep their dtype (float64 posteriors stay exact); column 0 (padding) is ignored.
+
+    Shapes: ``scores [U, N + 1]``; the rest as :func:`rank_targets`.
+    """
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"scores: expected [U, N + 1] with N >= 1, got {tuple(scores.shape)}")
+    if not scores.dtype.is_floating_point or not bool(torch.isfinite(scores[:, 1:]).all()):
+        raise ValueError("scores: expected finite floating-point values")
+    dev = scores.device
+    tgt = _as_index(targets, "targets", dev)
+    indptr = _as_index(seen_indptr, "seen_indptr", dev)
+    seen = _as_index(seen_items, "seen_items", dev)
+    _validate_index(scores.shape[0], scores.shape[1] - 1, tgt, indptr, seen)
+    first = torch.empty(scores.shape[0], dtype=torch.long, device=dev)
+    ties = torch.empty_like(first)
+    for b0 in range(0, scores.shape[0], user_batch_size):
+        b1 = min(b0 + user_batch_size, scores.shape[0])
+        rows, lo, hi = _block_rows(indptr, b0, b1)
+        block = scores[b0:b1, 1:].clone()  # [B, N]
+        own = torch.arange(b1 - b0, device=dev)
+        t0, seen0 = tgt[b0:b1] - 1, seen[lo:hi] - 1
+        s_target = block[own, t0].clone()
+        block[rows, seen0] = float("-inf")
+        block[own, t0] = float("-inf")
+        above, level = _tally(block, s_target)
+        first[b0:b1], ties[b0:b1] = _ranks(above.long(), level.long(), rows, seen0, t0)
+    return TargetRanks(first, ties)
+
+
+def view_metrics(
+    ranks: dict[str, TargetRanks], split: str, ties: TieRule = "expected"
+) -> dict[str, float]:
+    """Ranking metrics of every item view (``/text``, ``/image`` suffixes) plus reliance and
+    balance when both single views are present (docs/METHOD.md §7)."""
+    out: dict[str, float] = {}
+    for view in VIEWS:
+        if view in ranks:
+            out |= ranks[view].metrics(split, "" if view == "both" else view, ties)
+    if "text" in ranks and "image" in ranks:
+        out |= modality_diagnostics(out, split)
+    return out
 
 
 def evaluate_views(
@@ -191,10 +315,11 @@ def evaluate_views(
     seen_items: IndexLike,
     split: str,
     *,
+    ties: TieRule = "expected",
     user_batch_size: int = 256,
     item_chunk: int = 8192,
 ) -> dict[str, float]:
-    """Ranking metrics per item view plus collapse diagnostics (METHOD.md §7, DESIGN.md rule 2).
+    """Ranking metrics per item view plus collapse diagnostics, in one process (docs/METHOD.md §7).
 
     The same sequence embeddings are scored against each view's item embeddings (inference-time
     modality dropout). Keys: ``{split}/recall@k``, ``{split}/ndcg@k``, ``{split}/mrr`` for the
@@ -211,20 +336,17 @@ def evaluate_views(
         raise ValueError(
             f"item_views: expected 'both' and optionally 'text'/'image', got {sorted(item_views)}"
         )
-    out: dict[str, float] = {}
-    for view in VIEWS:
-        if view in item_views:
-            ranks = rank_targets(
-                queries,
-                item_views[view],
-                targets,
-                seen_indptr,
-                seen_items,
-                user_batch_size=user_batch_size,
-                item_chunk=item_chunk,
-            )
-            out |= ranking_metrics(ranks.cpu(), split, suffix="" if view == "both" else view)
-    if "text" in item_views and "image" in item_views:
-        out |= modality_diagnostics(out, split)
+    ranks = {
+        view: rank_targets(
+            queries,
+            vectors,
+            targets,
+            seen_indptr,
+            seen_items,
+            user_batch_size=user_batch_size,
+            item_chunk=item_chunk,
+        )
+        for view, vectors in item_views.items()
+    }
     singles = {v: e for v, e in item_views.items() if v != "both"}
-    return out | embedding_diagnostics(singles, split)
+    return view_metrics(ranks, split, ties) | embedding_diagnostics(singles, split)

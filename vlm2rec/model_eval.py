@@ -13,11 +13,10 @@ import torch
 
 from vlm2rec.config import EvalConfig
 from vlm2rec.data.splits import EvalExamples
-from vlm2rec.diagnostics import embedding_diagnostics, modality_diagnostics
+from vlm2rec.diagnostics import embedding_diagnostics
 from vlm2rec.distributed import DistInfo, all_gather_no_grad
 from vlm2rec.embedder import Embedder
-from vlm2rec.evaluate import rank_targets
-from vlm2rec.metrics import ranking_metrics
+from vlm2rec.evaluate import TargetRanks, rank_targets, view_metrics
 
 __all__ = ["autocast", "embed_catalogue", "evaluate_model"]
 
@@ -70,10 +69,21 @@ def _embed_sequences(
     return torch.cat(parts)
 
 
+def _local_csr(
+    indptr: torch.Tensor, items: torch.Tensor, users: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR ``(indptr, items)`` restricted to the rows ``users`` (this rank's slice)."""
+    lo, hi = indptr[users], indptr[users + 1]
+    local_indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(hi - lo, 0)])
+    local = [items[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+    return local_indptr, torch.cat(local or [items[:0]])
+
+
 def evaluate_model(
     embedder: Embedder, examples: EvalExamples, split: str, cfg: EvalConfig, dist: DistInfo
 ) -> dict[str, float]:
-    """All ``{split}/*`` metrics of DESIGN.md rule 2 for the views in ``cfg.views``."""
+    """All ``{split}/*`` evaluation metrics (docs/METHOD.md §7) for the views in ``cfg.views``,
+    under ``cfg.exclude_seen`` and ``cfg.ties``, plus ``{split}/repeat_rate``."""
     # The weights' device, not dist.device: a single process gets DistInfo() ("cpu") even when
     # fit()/the CLI placed the model on CUDA (train.device = auto), and autocast must follow it.
     device = embedder.device
@@ -86,31 +96,25 @@ def evaluate_model(
         users = _shard(len(examples.targets), dist)
         histories = torch.as_tensor(examples.histories)[users]
         queries = _embed_sequences(embedder, histories, cfg.user_batch_size, device)
-        indptr = torch.as_tensor(examples.seen_indptr)
-        seen = torch.as_tensor(examples.seen_items)
-        # Rank only this rank's users: rebuild a CSR restricted to them.
-        lo, hi = indptr[users], indptr[users + 1]
-        local_indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(hi - lo, 0)])
-        local_seen = torch.cat(
-            [seen[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=True)] or [seen[:0]]
-        )
-        targets = torch.as_tensor(examples.targets)[users]
-        metrics: dict[str, float] = {}
+        indptr, excluded = (torch.as_tensor(a) for a in examples.excluded(cfg.exclude_seen))
+        local_indptr, local_excluded = _local_csr(indptr, excluded, users)
+        targets = torch.as_tensor(examples.targets)[users].to(device)
+        ranks = {}
         for view, vectors in items.items():
-            ranks = rank_targets(
+            local = rank_targets(
                 queries,
                 vectors,
-                targets.to(device),
+                targets,
                 local_indptr.to(device),
-                local_seen.to(device),
+                local_excluded.to(device),
                 user_batch_size=cfg.user_batch_size,
                 item_chunk=cfg.item_chunk,
             )
-            ranks = _gather_rows(ranks, len(examples.targets), dist)
-            suffix = "" if view == "both" else f"/{view}"
-            metrics.update(ranking_metrics(ranks, split, suffix=suffix))
+            n = len(examples.targets)
+            ranks[view] = TargetRanks(*(_gather_rows(t, n, dist) for t in local))
+        metrics = view_metrics(ranks, split, cfg.ties)
+        metrics[f"{split}/repeat_rate"] = float(examples.repeats.mean())
         if {"text", "image"} <= items.keys():
-            metrics.update(modality_diagnostics(metrics, split))
             metrics.update(embedding_diagnostics(items, split))
         return metrics
     finally:

@@ -5,18 +5,17 @@ from vlm2rec.data.schema import DatasetError, PreparedDataset, read_dataset, wri
 
 __all__ = ["Catalogue", "DatasetError", "PreparedDataset", "read_dataset", "write_dataset"]
 
-# Synthetic benchmark and splits (numpy only). The torch loaders stay in vlm2rec.data.loader so
-# that importing the data package (CLI prepare, Ray driver) does not import torch.
+# Splits and the synthetic generator (numpy only); the torch loaders stay in vlm2rec.data.loader
+# and ensure_dataset (which scores the generator's oracles with torch) in vlm2rec.data.prepare, so
+# that importing the data package does not import torch.
 from vlm2rec.data.splits import EvalExamples, Splits, TrainExamples, make_splits, user_sequences
-from vlm2rec.data.synthetic import build_synthetic, ensure_dataset, prepare_synthetic
+from vlm2rec.data.synthetic import build_synthetic
 
 __all__ += [
     "EvalExamples",
     "Splits",
     "TrainExamples",
     "build_synthetic",
-    "ensure_dataset",
     "make_splits",
-    "prepare_synthetic",
     "user_sequences",
 ]

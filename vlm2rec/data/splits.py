@@ -9,9 +9,13 @@ position :math:`t`:
     \text{test} = (h_L(n), s_n), \quad \text{val} = (h_L(n-1), s_{n-1}), \quad
     \text{train} = \{(h_L(t), s_t) : t = 2, \dots, n-2\}
 
-Histories are stored newest LAST and left-padded with item id 0. The items an evaluation must drop
-from a user's candidate list are the distinct items seen before the target, **except** the target
-itself (a re-purchase of an earlier item is still a hit; METHOD.md §1).
+Histories are stored newest LAST and left-padded with item id 0. The items an evaluation may drop
+from a user's candidate list (``eval.exclude_seen = "all"``) are the distinct items seen before the
+target, :math:`S(t) = \{s_1, \dots, s_{t-1}\}`: a function of the history alone, never of the
+answer (docs/METHOD.md §1). Sparing the target from that set would leak it: every history item left
+among the candidates would then *be* the target. A target that repeats an earlier item is therefore
+not a candidate (a miss); :attr:`EvalExamples.repeats` says which, so the cost of the rule is
+reported (``{split}/repeat_rate``).
 
 ============  =====================  ==================================================
 symbol        argument / field       meaning
@@ -58,27 +62,32 @@ class EvalExamples:
     histories: np.ndarray  #: [U, L] int64, newest last, left-padded with 0
     targets: np.ndarray  #: [U] int64
     seen_indptr: np.ndarray  #: [U + 1] int64, CSR row pointers into seen_items
-    seen_items: (
-        np.ndarray
-    )  #: distinct items seen before the target, target excluded, sorted per user
+    seen_items: np.ndarray  #: [nnz] distinct items seen before the target, sorted per user
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def seen(self, row: int) -> np.ndarray:
-        """Items to exclude for example ``row``."""
+        """The distinct items example ``row``'s user met before its target."""
         return self.seen_items[self.seen_indptr[row] : self.seen_indptr[row + 1]]
 
-    def seen_pairs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, items)`` to mask in a score block of examples ``start:stop``.
+    @property
+    def repeats(self) -> np.ndarray:
+        """``[U]`` bool: the target repeats an item seen before it (a miss under ``"all"``)."""
+        counts = np.diff(self.seen_indptr)
+        rows = np.repeat(np.arange(len(self), dtype=np.int64), counts)
+        out = np.zeros(len(self), dtype=bool)
+        out[rows[self.seen_items == self.targets[rows]]] = True
+        return out
 
-        ``rows`` are relative to ``start``, so ``scores[rows, items] = -inf`` masks a ``[stop-start,
-        N + 1]`` block indexed by item id.
-        """
-        lo, hi = int(self.seen_indptr[start]), int(self.seen_indptr[stop])
-        counts = np.diff(self.seen_indptr[start : stop + 1])
-        rows = np.repeat(np.arange(stop - start, dtype=np.int64), counts)
-        return rows, self.seen_items[lo:hi]
+    def excluded(self, rule: str) -> tuple[np.ndarray, np.ndarray]:
+        """CSR ``(indptr [U + 1], items)`` of the items removed from each user's candidates:
+        ``"all"`` = every item seen before the target, ``"none"`` = nothing (``eval.exclude_seen``)."""
+        if rule == "all":
+            return self.seen_indptr, self.seen_items
+        if rule == "none":
+            return np.zeros(len(self) + 1, dtype=np.int64), self.seen_items[:0]
+        raise ValueError(f"eval.exclude_seen: expected 'all' or 'none', got {rule!r}")
 
     def subsample(self, n: int, seed: int) -> EvalExamples:
         """A seeded subset of ``n`` users in their original order (``n <= 0`` or ``n >= U``: self;
@@ -156,15 +165,15 @@ def _histories(
 def _seen_csr(
     items: np.ndarray, starts: np.ndarray, targets_pos: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CSR of the distinct items in ``items[starts[u]:targets_pos[u]]`` minus ``items[targets_pos[u]]``."""
+    """CSR of the distinct items in ``items[starts[u]:targets_pos[u]]`` (the target's own id is
+    not looked at: the mask must not depend on the answer)."""
     counts = targets_pos - starts
     rows = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
     pos = np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     seen = items[np.repeat(starts, counts) + pos]
-    keep = seen != items[targets_pos][rows]
     # One sort over (row, item) keys both groups by user and de-duplicates within a user
     # (sort + neighbour compare: numpy 2's hash-based np.unique is several times slower here).
-    key = np.sort(rows[keep] * (int(items.max()) + 1) + seen[keep])
+    key = np.sort(rows * (int(items.max()) + 1) + seen)
     key = key[np.concatenate([[True], key[1:] != key[:-1]])] if len(key) else key
     key_rows, key_items = np.divmod(key, int(items.max()) + 1)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(key_rows, minlength=len(starts)))])

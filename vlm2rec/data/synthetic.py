@@ -25,16 +25,22 @@ checks it), and with ``text_filler = 0`` items of one (brand, colour) cell have 
 \mathcal{U}\{\text{min\_length}, \dots, \text{max\_length}\}`; increasing timestamps. Given the current
 item's shape :math:`s_t` and brand :math:`b_t` (the first item draws them uniformly):
 
-.. math:: s_{t+1} = \begin{cases} s_t & \text{w.p. } \rho_I \\ \mathcal{U}(\text{shapes}) &
-          \text{otherwise}\end{cases}, \quad b_{t+1}\ \text{likewise with}\ \rho_T, \quad
+.. math:: s_{t+1} = \begin{cases} \pi_I(s_t) & \text{w.p. } \rho_I \\ \mathcal{U}(\text{shapes}) &
+          \text{otherwise}\end{cases}, \quad b_{t+1}\ \text{likewise with}\ \pi_T, \rho_T, \quad
           c_{t+1} = \begin{cases} f_u & \text{w.p. } \rho_C \\ \mathcal{U}(\text{colours}) &
           \text{otherwise}\end{cases}
 
-and the item is drawn uniformly from the grid cell :math:`(s_{t+1}, b_{t+1}, c_{t+1})`. When
-``items`` is smaller than the grid, values without any item are never drawn, and an empty cell falls
-back to the items with the same shape and brand, else the same shape and colour, else the same
-shape: the shape is always honoured, so ``image_signal = 0`` makes the next shape independent of the
-history and ``image_signal = 1`` keeps it forever.
+With ``transition = "permutation"`` (default) :math:`\pi_I` and :math:`\pi_T` are seeded
+permutations without fixed points (:func:`transition_maps`), so the next item does not look like the
+last one and a model must learn the transitions instead of copying; ``"keep"`` makes them the
+identity (the next item resembles the last).
+
+The item is drawn uniformly among the user's **unseen** items of the grid cell :math:`(s_{t+1},
+b_{t+1}, c_{t+1})`, so a user never meets an item twice and no held-out target repeats its history.
+A cell without an unseen item falls back to the unseen items with the same shape and brand, else the
+same shape and colour, else the same shape, else any unseen item (:data:`FALLBACK`): the shape is
+honoured whenever possible, so ``image_signal = 0`` makes the next shape independent of the history.
+When ``items`` is smaller than the grid, values without any item are never drawn.
 
 =====================  ===================  ==============================================
 symbol                 field                meaning
@@ -42,8 +48,9 @@ symbol                 field                meaning
 :math:`N, U`           ``items, users``     catalogue size, number of users
 :math:`S, B, C`        ``shapes, brands,``  attribute cardinalities
                        ``colours``
-:math:`\rho_I`         ``image_signal``     P(keep shape): next-item signal only the image carries
-:math:`\rho_T`         ``text_signal``      P(keep brand): next-item signal only the text carries
+:math:`\rho_I`         ``image_signal``     P(shape follows :math:`\pi_I`): signal only the image carries
+:math:`\rho_T`         ``text_signal``      P(brand follows :math:`\pi_T`): signal only the text carries
+:math:`\pi_I, \pi_T`   ``transition``       permutations of shapes / brands (or the identity)
 :math:`\rho_C`         ``colour_signal``    P(favourite colour): signal both modalities carry
 =====================  ===================  ==============================================
 
@@ -52,15 +59,9 @@ Same knobs and seed give byte-identical Parquet files (and equal fingerprints).
 
 from __future__ import annotations
 
-import argparse
 import colorsys
-import dataclasses
 import io
 import math
-import os
-import shutil
-import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,30 +69,25 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from vlm2rec.config import DataConfig, SyntheticConfig, to_dict
+from vlm2rec.config import SyntheticConfig, to_dict
 from vlm2rec.data.schema import (
     INTERACTIONS_SCHEMA,
     ITEMS_SCHEMA,
-    DatasetError,
-    PreparedDataset,
-    read_dataset,
-    write_dataset,
 )
 
 __all__ = [
+    "FALLBACK",
     "GENERATOR_VERSION",
-    "add_prepare_arguments",
     "brand_word",
     "build_synthetic",
     "colour_word",
-    "ensure_dataset",
     "item_attributes",
-    "prepare_from_args",
-    "prepare_synthetic",
+    "level_keys",
     "shape_name",
+    "transition_maps",
 ]
 
-GENERATOR_VERSION = 2  #: bump when the generator changes, so stale folders are refused
+GENERATOR_VERSION = 3  #: bump when the generator changes, so stale folders are refused
 _SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "ring")
 _SHAPES += ("bar", "hexagon", "crescent", "arrow", "halfdisc")
 _COLOURS = {
@@ -267,21 +263,92 @@ def _items_table(cfg: SyntheticConfig, attrs: np.ndarray, rng: np.random.Generat
     return pa.table(columns, schema=ITEMS_SCHEMA)
 
 
-def _cell_candidates(attrs: np.ndarray, cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
-    """CSR ``(indptr [S*B*C + 1], item ids)`` of the items drawn for each grid cell (with fallback)."""
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for item in range(1, len(attrs)):
-        s, b, c = (int(v) for v in attrs[item])
-        for key in ((s, b, c), (s, b, None), (s, None, c), (s, None, None)):
-            groups.setdefault(key, []).append(item)
-    indptr, members = [0], []
-    for s in range(cfg.shapes):
-        for b in range(cfg.brands):
-            for c in range(cfg.colours):
-                keys = ((s, b, c), (s, b, None), (s, None, c), (s, None, None))
-                members += next((groups[k] for k in keys if k in groups), [])
-                indptr.append(len(members))
-    return np.asarray(indptr, dtype=np.int64), np.asarray(members, dtype=np.int64)
+#: attribute columns (shape 0, brand 1, colour 2) an item must share with the drawn cell, level by
+#: level: the cell, then same shape and brand, same shape and colour, same shape, anything
+FALLBACK: tuple[tuple[int, ...], ...] = ((0, 1, 2), (0, 1), (0, 2), (0,), ())
+
+
+def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random permutation of ``range(n)`` without fixed points (rejection; n >= 2)."""
+    while True:  # P(no fixed point) -> 1/e: about 2.7 draws
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            return perm
+
+
+def transition_maps(cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(pi_I [S], pi_T [B])``: where a shape / brand moves when it follows the transition.
+
+    Seeded permutations without fixed points over the values that own an item (``transition =
+    "permutation"``), or the identity (``"keep"``); ``-1`` for values without items.
+    """
+    attrs = item_attributes(cfg)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 3]))
+    maps = []
+    for col, size in ((0, cfg.shapes), (1, cfg.brands)):
+        values = np.unique(attrs[1:, col])
+        out = np.full(size, -1, dtype=np.int64)
+        # SyntheticConfig guarantees >= 2 values for "permutation"
+        perm = (
+            np.arange(len(values)) if cfg.transition == "keep" else _derangement(len(values), rng)
+        )
+        out[values] = values[perm]
+        maps.append(out)
+    return maps[0], maps[1]
+
+
+def level_keys(attrs: np.ndarray, cols: tuple[int, ...], cfg: SyntheticConfig) -> np.ndarray:
+    """Mixed-radix key of the attribute columns ``cols`` of each row of ``attrs [..., 3]``."""
+    key = np.zeros(attrs.shape[:-1], dtype=np.int64)
+    for c in cols:
+        key = key * (cfg.shapes, cfg.brands, cfg.colours)[c] + attrs[..., c]
+    return key
+
+
+def _fallback_index(attrs: np.ndarray, cfg: SyntheticConfig) -> tuple[list[np.ndarray], np.ndarray]:
+    """``(indptr per level, members)``: the item ids under key ``k`` of level ``l`` are
+    ``members[indptr[l][k] : indptr[l][k + 1]]`` (one CSR per :data:`FALLBACK` level, one array)."""
+    indptrs, members, offset = [], [], 0
+    for cols in FALLBACK:
+        key = level_keys(attrs[1:], cols, cfg)  # [N]
+        n_keys = int(np.prod([(cfg.shapes, cfg.brands, cfg.colours)[c] for c in cols]))
+        indptrs.append(
+            offset + np.concatenate([[0], np.cumsum(np.bincount(key, minlength=n_keys))])
+        )
+        members.append(1 + np.argsort(key, kind="stable"))
+        offset += len(key)
+    return indptrs, np.concatenate(members).astype(np.int64)
+
+
+def _draw_unseen(
+    drawn: np.ndarray, past: np.ndarray, attrs: np.ndarray, cfg: SyntheticConfig,
+    index: tuple[list[np.ndarray], np.ndarray], rng: np.random.Generator,
+) -> np.ndarray:  # fmt: skip
+    """``[U]`` items: uniform among each user's unseen members of its first non-empty level.
+
+    ``drawn [U, 3]`` is the drawn (shape, brand, colour) and ``past [U, t]`` the items met so far;
+    they are distinct by construction, so a level's unseen count is its size minus its matches.
+    """
+    indptrs, members = index
+    n_users = len(drawn)
+    lo, size = np.zeros(n_users, dtype=np.int64), np.zeros(n_users, dtype=np.int64)
+    todo = np.ones(n_users, dtype=bool)  # users still looking for a level with an unseen item
+    for cols, indptr in zip(FALLBACK, indptrs, strict=True):
+        key = level_keys(drawn, cols, cfg)  # [U]
+        met = (level_keys(attrs[past], cols, cfg) == key[:, None]).sum(axis=1)  # [U]
+        n = indptr[key + 1] - indptr[key]
+        free = todo & (n > met)
+        lo[free], size[free] = indptr[key[free]], n[free]
+        todo &= ~free
+    # The last level is the whole catalogue and max_length <= items, so every user found one.
+    out = np.zeros(n_users, dtype=np.int64)
+    pending = np.arange(n_users)
+    while len(pending):  # rejection: uniform over a level's members, redrawn while already met
+        cand = members[lo[pending] + (rng.random(len(pending)) * size[pending]).astype(np.int64)]
+        fresh = ~(past[pending] == cand[:, None]).any(axis=1)
+        out[pending[fresh]] = cand[fresh]
+        pending = pending[~fresh]
+    return out
 
 
 def _choose(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -293,7 +360,8 @@ def _interactions_table(
 ) -> pa.Table:
     """Simulate all users step by step, vectorised over users (see the module docstring)."""
     present = [np.unique(attrs[1:, j]) for j in range(3)]  # values that own at least one item
-    indptr, members = _cell_candidates(attrs, cfg)
+    pi_shape, pi_brand = transition_maps(cfg)
+    index = _fallback_index(attrs, cfg)
     n_users, steps = cfg.users, cfg.max_length
     favourite = _choose(present[2], n_users, rng)
     seq = np.zeros((n_users, steps), dtype=np.int64)
@@ -303,13 +371,12 @@ def _interactions_table(
             cur = attrs[seq[:, t - 1]]
             keep_s = rng.random(n_users) < cfg.image_signal
             keep_b = rng.random(n_users) < cfg.text_signal
-            shape = np.where(keep_s, cur[:, 0], _choose(present[0], n_users, rng))
-            brand = np.where(keep_b, cur[:, 1], _choose(present[1], n_users, rng))
+            shape = np.where(keep_s, pi_shape[cur[:, 0]], _choose(present[0], n_users, rng))
+            brand = np.where(keep_b, pi_brand[cur[:, 1]], _choose(present[1], n_users, rng))
         fav = rng.random(n_users) < cfg.colour_signal
         colour = np.where(fav, favourite, _choose(present[2], n_users, rng))
-        cell = (shape * cfg.brands + brand) * cfg.colours + colour
-        lo, count = indptr[cell], indptr[cell + 1] - indptr[cell]
-        seq[:, t] = members[lo + (rng.random(n_users) * count).astype(np.int64)]
+        drawn = np.stack([shape, brand, colour], axis=1)
+        seq[:, t] = _draw_unseen(drawn, seq[:, :t], attrs, cfg, index, rng)
     lengths = rng.integers(cfg.min_length, cfg.max_length + 1, n_users)
     start = _BASE_EPOCH + rng.integers(0, 365 * 86400, n_users)
     times = start[:, None] + np.cumsum(rng.integers(60, 7 * 86400, (n_users, steps)), axis=1)
@@ -341,84 +408,3 @@ def build_synthetic(cfg: SyntheticConfig) -> tuple[pa.Table, pa.Table, dict[str,
     items = _items_table(cfg, attrs, np.random.default_rng(np.random.SeedSequence([cfg.seed, 1])))
     users_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 2]))
     return items, _interactions_table(cfg, attrs, users_rng), _meta(cfg)
-
-
-def prepare_synthetic(cfg: SyntheticConfig, out: str | Path) -> PreparedDataset:
-    """Build the benchmark and write it as a prepared dataset folder ``out``."""
-    items, interactions, meta = build_synthetic(cfg)
-    return write_dataset(out, items, interactions, meta)
-
-
-def _check_knobs(ds: PreparedDataset, cfg: SyntheticConfig) -> None:
-    meta, want = ds.meta, to_dict(cfg)
-    if meta.get("generator_version") != GENERATOR_VERSION:
-        raise DatasetError(
-            f"{ds.path / 'meta.json'}: synthetic generator_version {meta.get('generator_version')} "
-            f"!= {GENERATOR_VERSION}; delete the folder to rebuild it"
-        )
-    got = meta.get("knobs", {})
-    diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
-    if diff:
-        text = ", ".join(
-            f"data.synthetic.{k}: folder {a!r} vs config {b!r}" for k, (a, b) in diff.items()
-        )
-        raise DatasetError(
-            f"{ds.path / 'meta.json'}: the synthetic dataset there was built with other knobs ({text}); "
-            "point data.path elsewhere or delete the folder"
-        )
-
-
-def ensure_dataset(data_cfg: DataConfig) -> PreparedDataset:
-    """Read ``data_cfg.path``; build the synthetic benchmark there first if the folder is missing
-    (or empty) and ``prepare_if_missing``. A synthetic folder built with other knobs is an error.
-
-    Safe when several processes race: each builds into a private temporary sibling and renames it
-    into place; the losers discard theirs and read the winner's.
-    """
-    path = Path(data_cfg.path)
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        if not data_cfg.prepare_if_missing:
-            raise DatasetError(
-                f"{path}: dataset folder does not exist (data.prepare_if_missing = false)"
-            )
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        prepare_synthetic(data_cfg.synthetic, tmp)
-        try:
-            os.rename(tmp, path)  # atomic; replaces only a missing or empty folder
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-    ds = read_dataset(path)
-    if ds.meta.get("name") == "synthetic":
-        _check_knobs(ds, data_cfg.synthetic)
-    return ds
-
-
-_FLAG_HELP = {
-    "seed": "generator seed (same knobs + seed = same bytes)",
-    "image_signal": "P(next item keeps the shape): signal only the image carries",
-    "text_signal": "P(next item keeps the brand): signal only the text carries",
-    "colour_signal": "P(next item has the user's favourite colour): signal both carry",
-    "text_filler": "item-unique filler words per text (0 = text is a pure attribute shortcut)",
-    "image_size": "side of the square PNG images in pixels",
-}
-
-
-def add_prepare_arguments(parser: argparse.ArgumentParser, source: str) -> None:
-    """Flags of ``prepare synthetic``: ``--out`` and one flag per :class:`SyntheticConfig` knob."""
-    del source  # one source only
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    for field in dataclasses.fields(SyntheticConfig):
-        default = getattr(SyntheticConfig(), field.name)
-        flag = "--" + field.name.replace("_", "-")
-        help_text = _FLAG_HELP.get(field.name, field.name.replace("_", " "))
-        parser.add_argument(
-            flag, type=type(default), default=default, help=f"{help_text} (default {default})"
-        )
-
-
-def prepare_from_args(args: argparse.Namespace) -> PreparedDataset:
-    """Run ``prepare synthetic`` from parsed flags."""
-    cfg = SyntheticConfig(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(SyntheticConfig)}
-    )
-    return prepare_synthetic(cfg, args.out)
