@@ -155,14 +155,15 @@ class DecoderEmbedder(Embedder):
     @torch.no_grad()
     def image_features(self, image_ids: list[int]) -> tuple[torch.Tensor, ...]:
         """Frozen vision tower outputs ``[tokens_i, D]`` per image, computed once per item."""
-        missing = sorted(set(image_ids) - self._features.keys())
-        if missing:
-            core = unwrap(self.backbone).model
-            cached = [self.images.get(i) for i in missing]
-            pixels = torch.cat([c["pixel_values"] for c in cached]).to(self.device)  # [sum P, d]
-            grid = torch.stack([c["image_grid_thw"] for c in cached]).to(self.device)  # [I, 3]
+        core = unwrap(self.backbone).model
+        for i in sorted(set(image_ids) - self._features.keys()):
+            # One image per call: a batched call's result depends in the last bits on which
+            # images share the batch (BLAS), and a resumed run would then cache other features.
+            c = self.images.get(i)
+            pixels = c["pixel_values"].to(self.device)  # [P, d]
+            grid = c["image_grid_thw"][None].to(self.device)  # [1, 3]
             feats = core.get_image_features(pixels, grid, return_dict=True).pooler_output
-            self._features.update(zip(missing, (f.detach() for f in feats), strict=True))
+            self._features[i] = feats[0].detach()
         return tuple(self._features[i].to(self.device) for i in image_ids)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
