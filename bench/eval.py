@@ -156,8 +156,9 @@ def gemm_only(queries: Tensor, items: Tensor, user_batch_size: int, item_chunk: 
 
 
 def run_method(method: str, p: Problem, k: int, user_batch_size: int, item_chunk: int) -> Tensor:
-    """Run ``ours`` (exact ranks ``[U]``: the target's first rank and its ties), ``floor`` (top-k ids ``[U, k]``), ``gemm`` (products
-    only; returns one number) or the ``validation`` probe (returns the targets) on ``p``."""
+    """Run ``ours`` (``[U, 2]``: each target's first rank and its ties), ``floor`` (top-k ids
+    ``[U, k]``), ``gemm`` (products only; returns one number) or the ``validation`` probe (returns
+    the targets) on ``p``."""
     if method == "ours":
         ranks = rank_targets(
             p.queries,

@@ -8,7 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlm2rec.evaluate import TargetRanks, evaluate_views, rank_scores, rank_targets
+from vlm2rec.evaluate import (
+    TargetRanks,
+    evaluate_views,
+    rank_sampled,
+    rank_scores,
+    rank_targets,
+    sampled_metrics,
+)
 from vlm2rec.metrics import ranking_metrics
 
 
@@ -311,3 +318,37 @@ def test_cuda_matches_cpu() -> None:
     assert torch.equal(gpu.cpu()[dup], cpu[dup])  # exact ties survive the device change
     # elsewhere a different kernel may flip a near-tie; ranks agree within one
     assert int((gpu.cpu() - cpu).abs().max()) <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(3, 20), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_sampled_ranks_match_a_loop_reference(
+    n_users: int, n_items: int, n_neg: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    q = torch.tensor(rng.integers(-2, 3, (n_users, 2)), dtype=torch.float32)
+    items = torch.tensor(rng.integers(-2, 3, (n_items + 1, 2)), dtype=torch.float32)
+    targets = rng.integers(1, n_items + 1, n_users)
+    negatives = rng.integers(1, n_items + 1, (n_users, n_neg))
+    got = rank_sampled(q, items, targets, negatives, user_batch_size=2)
+    scores = (q.double() @ items.double().T).numpy()
+    for u in range(n_users):
+        s_t, s_n = scores[u, targets[u]], scores[u, negatives[u]]
+        assert int(got.first[u]) == 1 + int((s_n > s_t).sum())
+        assert int(got.ties[u]) == int((s_n == s_t).sum())
+
+
+def test_sampled_metrics_are_named_as_the_paper_reports_them() -> None:
+    ranks = TargetRanks(torch.tensor([1, 12, 30]), torch.tensor([0, 0, 0]))
+    got = sampled_metrics(ranks, "test", 100)
+    assert set(got) == {f"test/sampled100/{m}@{k}" for m in ("hit", "ndcg") for k in (10, 20)}
+    assert got["test/sampled100/hit@10"] == pytest.approx(1 / 3)
+    assert got["test/sampled100/hit@20"] == pytest.approx(2 / 3)
+
+
+def test_bad_negatives_are_named() -> None:
+    items = _scalar_items([0.1, 0.5, 0.9])
+    with pytest.raises(ValueError, match=r"negatives\[0, 1\] = 4: expected an item id in 1..3"):
+        rank_sampled(torch.ones(1, 1), items, [1], [[2, 4]])
+    with pytest.raises(ValueError, match=r"negatives: expected \[U, M\]"):
+        rank_sampled(torch.ones(1, 1), items, [1], [2, 3])

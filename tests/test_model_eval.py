@@ -110,6 +110,23 @@ def test_keys_and_values_are_sane(run: RunState) -> None:
     assert m["val/reliance_image"] == pytest.approx(1 - m["val/ndcg@10/text"] / fused)
 
 
+def test_sampled_protocol_is_reported_beside_full_ranking(run: RunState) -> None:
+    ev = dataclasses.replace(run.cfg.eval, sampled_negatives=20)
+    val = run.splits.val
+    neg = me.fixed_negatives(val, "val", ev, run.catalogue.num_items, run.fingerprint)
+    assert neg is not None and neg.shape == (len(val), 20)
+    assert me.fixed_negatives(val, "val", run.cfg.eval, 32, run.fingerprint) is None  # off
+    other = me.fixed_negatives(val, "test", ev, run.catalogue.num_items, run.fingerprint)
+    assert other is not None and not np.array_equal(neg, other)  # one fixed draw per split
+    full = me.evaluate_model(run.embedder, val, "val", ev, DistInfo())
+    both = me.evaluate_model(run.embedder, val, "val", ev, DistInfo(), neg)
+    sampled = {f"val/sampled20/{m}@{k}" for m in ("hit", "ndcg") for k in (10, 20)}
+    assert set(both) == set(full) | sampled and {k: both[k] for k in full} == full
+    # among a subset of the candidates a target can only move up
+    assert both["val/sampled20/hit@10"] >= both["val/recall@10"]
+    assert both["val/sampled20/ndcg@10"] >= both["val/ndcg@10"]
+
+
 def test_fused_view_only_has_no_diagnostics(run: RunState) -> None:
     cfg = dataclasses.replace(run.cfg.eval, views=("both",))
     m = me.evaluate_model(run.embedder, run.splits.val, "val", cfg, DistInfo())
@@ -161,9 +178,13 @@ def test_sharded_evaluation_matches_one_process(
     # Batch sizes of 1 make every forward pass and score block shape-identical whatever the
     # shard, so the sharded result must equal the single-process one exactly. 3 ranks over 32
     # items and 25 users: both slices need padding, which the gather must trim.
-    cfg = dataclasses.replace(run.cfg.eval, item_batch_size=1, user_batch_size=1)
+    cfg = dataclasses.replace(
+        run.cfg.eval, item_batch_size=1, user_batch_size=1, sampled_negatives=12
+    )
     examples = run.splits.val.subsample(25, seed=1)
-    single = me.evaluate_model(run.embedder, examples, "val", cfg, DistInfo())
+    negatives = me.fixed_negatives(examples, "val", cfg, run.catalogue.num_items, run.fingerprint)
+    single = me.evaluate_model(run.embedder, examples, "val", cfg, DistInfo(), negatives)
+    assert "val/sampled12/hit@10" in single
     world = 3
     group = _ThreadGroup(world)
     monkeypatch.setattr(me, "all_gather_no_grad", group.all_gather)
@@ -178,7 +199,7 @@ def test_sharded_evaluation_matches_one_process(
         group.local.rank = rank
         try:
             dist = DistInfo(rank, world)
-            results[rank] = me.evaluate_model(models[rank], examples, "val", cfg, dist)
+            results[rank] = me.evaluate_model(models[rank], examples, "val", cfg, dist, negatives)
         except BaseException as exc:  # reported by the main thread
             group.barrier.abort()
             results[rank] = exc

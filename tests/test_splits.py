@@ -158,3 +158,21 @@ def test_counts_on_the_tiny_dataset(tiny_dataset: PreparedDataset) -> None:
     assert len(s.train) == n - 3 * 60  # every position but the first and the two held out
     assert s.train.histories.dtype == np.int64 and s.train.histories.shape == (len(s.train), 4)
     assert (s.train.histories[:, -1] > 0).all()  # the newest slot is never padding
+
+
+def test_sampled_negatives_avoid_the_target_and_the_mask(tiny_dataset: PreparedDataset) -> None:
+    val = make_splits(tiny_dataset.interactions, 4, 3).val
+    neg = val.sample_negatives(10, 32, "all", seed=7)
+    assert neg.shape == (len(val), 10) and neg.min() >= 1 and neg.max() <= 32
+    for row in range(len(val)):
+        assert len(set(neg[row].tolist())) == 10  # distinct
+        assert not set(neg[row].tolist()) & {*val.seen(row).tolist(), int(val.targets[row])}
+    assert np.array_equal(neg, val.sample_negatives(10, 32, "all", seed=7))  # fixed
+    assert not np.array_equal(neg, val.sample_negatives(10, 32, "all", seed=8))
+    sub = val.subsample(10, seed=1)  # a user's negatives do not depend on who else is scored
+    rows = np.searchsorted(val.user_ids, sub.user_ids)
+    assert np.array_equal(sub.sample_negatives(10, 32, "all", seed=7), neg[rows])
+    none = val.sample_negatives(10, 32, "none", seed=7)
+    assert all(int(val.targets[r]) not in none[r] for r in range(len(val)))
+    with pytest.raises(ValueError, match=r"eval.sampled_negatives = 31: user \d+ has only \d+"):
+        val.sample_negatives(31, 32, "all", seed=7)

@@ -25,7 +25,7 @@ from vlm2rec.config import RunConfig, SyntheticConfig, apply_overrides, to_dict
 from vlm2rec.data.schema import PreparedDataset
 from vlm2rec.distributed import DistInfo
 from vlm2rec.model_eval import evaluate_model
-from vlm2rec.train import FitResult, NonFiniteLossError, build_run, fit, lr_factor, run_oracles
+from vlm2rec.train import FitResult, NonFiniteLossError, build_run, eval_split, fit, lr_factor
 
 KS = (5, 10, 20)
 #: DESIGN.md rule 2: every epoch that validates reports exactly these (plus bookkeeping).
@@ -124,7 +124,7 @@ def test_fit_test_metrics_come_from_best_checkpoint(
     run = build_run(cfg, DistInfo())
     run.embedder.load_trainable_state_dict(best)
     again = evaluate_model(run.embedder, run.splits.test, "test", cfg.eval, DistInfo())
-    again |= run_oracles(run, run.splits.test, "test")  # model-free, reported beside the model's
+    again |= eval_split(run, run.splits.test, "test").oracles  # reported beside the model's
     assert again == pytest.approx(res.test, abs=1e-6)
 
 
@@ -253,9 +253,9 @@ def test_val_subsample_and_eval_cadence(
     seen: list[tuple[str, np.ndarray]] = []
     real = train_mod.evaluate_model
 
-    def spy(embedder: Any, examples: Any, split: str, cfg: Any, dist: DistInfo) -> Any:
+    def spy(embedder: Any, examples: Any, split: str, cfg: Any, dist: DistInfo, neg: Any) -> Any:
         seen.append((split, examples.user_ids.copy()))
-        return real(embedder, examples, split, cfg, dist)
+        return real(embedder, examples, split, cfg, dist, neg)
 
     monkeypatch.setattr(train_mod, "evaluate_model", spy)
     cfg = make_cfg(
@@ -354,3 +354,15 @@ def test_two_gloo_ranks_fit_agree_and_resume_exactly(
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["epoch_0001", "epoch_0002"]
     for r in ranks:
         assert [_comparable(h) for h in r["resumed"]] == [_comparable(h) for h in h0]
+
+
+def test_fit_reports_the_sampled_protocol_when_asked(
+    data_path: Path, tiny_synthetic_config: SyntheticConfig, tmp_path: Path
+) -> None:
+    cfg = make_cfg(
+        data_path, tiny_synthetic_config, **{"train.epochs": 1, "eval.sampled_negatives": 10}
+    )
+    res = fit(cfg, checkpoint_root=tmp_path)
+    for split, keys in (("val", res.best_val), ("test", res.test)):
+        sampled = {f"{split}/sampled10/{m}@{k}" for m in ("hit", "ndcg") for k in (10, 20)}
+        assert sampled <= set(keys) and split_keys(split) <= set(keys)

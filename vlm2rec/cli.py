@@ -140,13 +140,11 @@ def _load_run(run_dir: Path) -> Any:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from vlm2rec.distributed import DistInfo
-    from vlm2rec.model_eval import evaluate_model
-    from vlm2rec.train import run_oracles
+    from vlm2rec.train import eval_split, score
 
     run = _load_run(Path(args.run))
-    examples = getattr(run.splits, args.split)
-    metrics = evaluate_model(run.embedder, examples, args.split, run.cfg.eval, DistInfo())
-    metrics |= run_oracles(run, examples, args.split)
+    split = eval_split(run, getattr(run.splits, args.split), args.split)
+    metrics = score(run, split, DistInfo())
     _write_json(Path(args.run) / f"eval_{args.split}.json", metrics)
     print(json.dumps(_json_safe(metrics), indent=2, sort_keys=True))
     return 0

@@ -267,6 +267,9 @@ class EvalConfig:
     exclude_seen: Literal["all", "none"] = "all"
     #: tied scores: "expected" = exact mean over random tie-breaking, "pessimistic" = ties rank ahead
     ties: Literal["expected", "pessimistic"] = "expected"
+    #: also score each val/test target against this many sampled negatives (0 = off), fixed per
+    #: split by the data's fingerprint: {split}/sampled{N}/hit@k beside the full ranking
+    sampled_negatives: int = 0
 
     def __post_init__(self) -> None:
         _check(
@@ -276,6 +279,7 @@ class EvalConfig:
         )
         _check(self.every_epochs >= 1, "eval.every_epochs", "must be >= 1")
         _check(self.val_users >= 0, "eval.val_users", "must be >= 0")
+        _check(self.sampled_negatives >= 0, "eval.sampled_negatives", "must be >= 0")
         for name in ("item_batch_size", "user_batch_size", "item_chunk"):
             _check(getattr(self, name) >= 1, f"eval.{name}", "must be >= 1")
         bad = [v for v in self.views if v not in ("both", "text", "image")]

@@ -60,13 +60,16 @@ __all__ = [
     "TargetRanks",
     "TieRule",
     "evaluate_views",
+    "rank_sampled",
     "rank_scores",
     "rank_targets",
+    "sampled_metrics",
     "view_metrics",
 ]
 
 VIEWS: tuple[str, ...] = ("both", "text", "image")  #: item views; single views get a key suffix
 TieRule = Literal["expected", "pessimistic"]  #: ``eval.ties``
+SAMPLED_KS: tuple[int, ...] = (10, 20)  #: cut-offs of the sampled protocol
 
 IndexLike = Tensor | np.ndarray[Any, Any] | Sequence[int]  #: index arrays: tensor, numpy or list
 
@@ -291,6 +294,54 @@ def rank_scores(
         above, level = _tally(block, s_target)
         first[b0:b1], ties[b0:b1] = _ranks(above.long(), level.long(), rows, seen0, t0)
     return TargetRanks(first, ties)
+
+
+def rank_sampled(
+    queries: Tensor, items: Tensor, targets: IndexLike, negatives: IndexLike,
+    *, user_batch_size: int = 256,
+) -> TargetRanks:  # fmt: skip
+    r"""Where each target lands among itself and its own sampled negatives (the sampled protocol).
+
+    ``first = 1 + |{n : s_{u n} > s_{u t_u}}|`` and ``ties = |{n : s_{u n} = s_{u t_u}}|`` over the
+    negatives :math:`n` of user :math:`u`; the target and its negatives are scored in one batched
+    product, so an identical embedding ties exactly.
+
+    Shapes: ``queries [U, D]``, ``items [N + 1, D]``, ``targets [U]``, ``negatives [U, M]``.
+    """
+    dev = queries.device
+    tgt = _as_index(targets, "targets", dev)
+    neg = torch.as_tensor(negatives, device=dev).long()
+    if neg.dim() != 2 or neg.shape[0] != queries.shape[0]:
+        raise ValueError(
+            f"negatives: expected [U, M] with U = {queries.shape[0]}, got {tuple(neg.shape)}"
+        )
+    nothing = torch.zeros(len(tgt) + 1, dtype=torch.long, device=dev)  # no excluded items here
+    _validate(queries, items, tgt, nothing, nothing[:0])
+    bad = (neg < 1) | (neg > items.shape[0] - 1)
+    if bool(bad.any()):
+        u, m = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"negatives[{u}, {m}] = {int(neg[u, m])}: expected an item id in 1..{items.shape[0] - 1}"
+        )
+    first = torch.empty(len(tgt), dtype=torch.long, device=dev)
+    ties = torch.empty_like(first)
+    for b0 in range(0, len(tgt), user_batch_size):
+        b1 = min(b0 + user_batch_size, len(tgt))
+        ids = torch.cat([tgt[b0:b1, None], neg[b0:b1]], dim=1)  # [B, 1 + M]: the target first
+        cand = items[ids].float()  # [B, 1 + M, D]
+        scores = (cand @ queries[b0:b1].float()[:, :, None])[:, :, 0]  # [B, 1 + M]
+        above, level = _tally(scores[:, 1:], scores[:, 0])
+        first[b0:b1], ties[b0:b1] = above.long() + 1, level.long()
+    return TargetRanks(first, ties)
+
+
+def sampled_metrics(
+    ranks: TargetRanks, split: str, n: int, ties: TieRule = "expected"
+) -> dict[str, float]:
+    """``{split}/sampled{n}/hit@{10,20}`` and ``.../ndcg@{10,20}`` (the paper's protocol: HR is
+    Recall with one target)."""
+    got = ranks.metrics(f"{split}/sampled{n}", ties=ties, ks=SAMPLED_KS)
+    return {k.replace("/recall@", "/hit@"): v for k, v in got.items() if not k.endswith("/mrr")}
 
 
 def view_metrics(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from vlm2rec.config import EvalConfig
@@ -16,9 +17,9 @@ from vlm2rec.data.splits import EvalExamples
 from vlm2rec.diagnostics import embedding_diagnostics
 from vlm2rec.distributed import DistInfo, all_gather_no_grad
 from vlm2rec.embedder import Embedder
-from vlm2rec.evaluate import TargetRanks, rank_targets, view_metrics
+from vlm2rec.evaluate import TargetRanks, rank_sampled, rank_targets, sampled_metrics, view_metrics
 
-__all__ = ["autocast", "embed_catalogue", "evaluate_model"]
+__all__ = ["autocast", "embed_catalogue", "evaluate_model", "fixed_negatives"]
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -79,11 +80,29 @@ def _local_csr(
     return local_indptr, torch.cat(local or [items[:0]])
 
 
+def fixed_negatives(
+    examples: EvalExamples, split: str, cfg: EvalConfig, n_items: int, fingerprint: str
+) -> np.ndarray | None:
+    """``[U, eval.sampled_negatives]`` negatives of the sampled protocol (``None`` when it is off),
+    seeded by the dataset's fingerprint and the split: the same in every trial and rerun."""
+    if cfg.sampled_negatives == 0:
+        return None
+    seq = np.random.SeedSequence([int(fingerprint[:16], 16), ("val", "test").index(split)])
+    seed = int(seq.generate_state(1)[0])
+    return examples.sample_negatives(cfg.sampled_negatives, n_items, cfg.exclude_seen, seed)
+
+
 def evaluate_model(
-    embedder: Embedder, examples: EvalExamples, split: str, cfg: EvalConfig, dist: DistInfo
+    embedder: Embedder,
+    examples: EvalExamples,
+    split: str,
+    cfg: EvalConfig,
+    dist: DistInfo,
+    negatives: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All ``{split}/*`` evaluation metrics (docs/METHOD.md §7) for the views in ``cfg.views``,
-    under ``cfg.exclude_seen`` and ``cfg.ties``, plus ``{split}/repeat_rate``."""
+    under ``cfg.exclude_seen`` and ``cfg.ties``, plus ``{split}/repeat_rate``; with ``negatives``
+    (:func:`fixed_negatives`) also the sampled protocol's ``{split}/sampled{N}/*`` (fused view)."""
     # The weights' device, not dist.device: a single process gets DistInfo() ("cpu") even when
     # fit()/the CLI placed the model on CUDA (train.device = auto), and autocast must follow it.
     device = embedder.device
@@ -114,6 +133,12 @@ def evaluate_model(
             ranks[view] = TargetRanks(*(_gather_rows(t, n, dist) for t in local))
         metrics = view_metrics(ranks, split, cfg.ties)
         metrics[f"{split}/repeat_rate"] = float(examples.repeats.mean())
+        if negatives is not None:
+            local = rank_sampled(
+                queries, items["both"], targets, torch.as_tensor(negatives)[users].to(device)
+            )
+            both = TargetRanks(*(_gather_rows(t, n, dist) for t in local))
+            metrics |= sampled_metrics(both, split, negatives.shape[1], cfg.ties)
         if {"text", "image"} <= items.keys():
             metrics.update(embedding_diagnostics(items, split))
         return metrics

@@ -52,17 +52,19 @@ from vlm2rec.distributed import (
 )
 from vlm2rec.embedder import Embedder, build_embedder
 from vlm2rec.losses import vlm2rec_loss
-from vlm2rec.model_eval import autocast, evaluate_model
+from vlm2rec.model_eval import autocast, evaluate_model, fixed_negatives
 from vlm2rec.reporting import NullReporter, Reporter
 
 __all__ = [
+    "EvalSplit",
     "FitResult",
     "NonFiniteLossError",
     "RunState",
     "build_run",
+    "eval_split",
     "fit",
     "lr_factor",
-    "run_oracles",
+    "score",
 ]
 
 
@@ -117,12 +119,31 @@ def build_run(cfg: RunConfig, dist: DistInfo) -> RunState:
     return RunState(cfg, splits, catalogue, embedder, device, ds.fingerprint, synthetic)
 
 
-def run_oracles(run: RunState, examples: EvalExamples, split: str) -> dict[str, float]:
-    """The generator's oracles (``vlm2rec.data.oracle``) on exactly the examples a run scores,
-    reported beside its metrics; empty for data that is not the synthetic benchmark."""
-    if not run.synthetic:
-        return {}
-    return oracle_metrics(run.cfg.data.synthetic, examples, split, run.cfg.eval)
+@dataclasses.dataclass(frozen=True)
+class EvalSplit:
+    """One split as a run scores it: its examples, the sampled protocol's fixed negatives and, on
+    the synthetic benchmark, the generator's oracles (``vlm2rec.data.oracle``) reported beside."""
+
+    name: str  #: "val" or "test"
+    examples: EvalExamples
+    negatives: np.ndarray | None  #: [U, eval.sampled_negatives], None when that is 0
+    oracles: dict[str, float]  #: {split}/oracle/* on exactly these examples; empty if not synthetic
+
+
+def eval_split(run: RunState, examples: EvalExamples, name: str) -> EvalSplit:
+    """Everything about a split that does not depend on the model, computed once per run."""
+    ev, n_items = run.cfg.eval, run.catalogue.num_items
+    negatives = fixed_negatives(examples, name, ev, n_items, run.fingerprint)
+    oracles = oracle_metrics(run.cfg.data.synthetic, examples, name, ev) if run.synthetic else {}
+    return EvalSplit(name, examples, negatives, oracles)
+
+
+def score(run: RunState, split: EvalSplit, dist: DistInfo) -> dict[str, float]:
+    """Every ``{split}/*`` metric of the run's current weights, the oracles beside them."""
+    got = evaluate_model(
+        run.embedder, split.examples, split.name, run.cfg.eval, dist, split.negatives
+    )
+    return got | split.oracles
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -210,12 +231,14 @@ def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def _test_best(run: RunState, best: dict[str, torch.Tensor], dist: DistInfo) -> dict[str, float]:
+def _test_best(
+    run: RunState, best: dict[str, torch.Tensor], test: EvalSplit, dist: DistInfo
+) -> dict[str, float]:
     """``test/*`` metrics with the best weights swapped in (current weights restored afterwards)."""
     current = _clone(run.embedder.trainable_state_dict())
     run.embedder.load_trainable_state_dict(best)
     try:
-        return evaluate_model(run.embedder, run.splits.test, "test", run.cfg.eval, dist)
+        return score(run, test, dist)
     finally:
         run.embedder.load_trainable_state_dict(current)
 
@@ -296,15 +319,8 @@ def fit(
         if "cuda" in state["rng"] and run.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
     root = Path(checkpoint_root) if checkpoint_root else Path(tempfile.mkdtemp(prefix="vlm2rec-"))
-    val = (
-        run.splits.val.subsample(cfg.eval.val_users, cfg.seed)
-        if cfg.eval.val_users
-        else run.splits.val
-    )
-    oracles = {
-        "val": run_oracles(run, val, "val"),
-        "test": run_oracles(run, run.splits.test, "test"),
-    }
+    val = eval_split(run, run.splits.val.subsample(cfg.eval.val_users, cfg.seed), "val")
+    test = eval_split(run, run.splits.test, "test")
     ckpt: Path | None = None
     patience = cfg.train.early_stopping_patience
     # A run that already stopped early is finished: resuming it must not train further epochs.
@@ -319,8 +335,7 @@ def fit(
         )
         stop = False
         if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.epochs:
-            metrics.update(evaluate_model(run.embedder, val, "val", cfg.eval, dist))
-            metrics.update(oracles["val"])
+            metrics.update(score(run, val, dist))
             value = metrics[cfg.eval.metric]
             if np.isfinite(value) and _is_better(value, progress.best_metric, cfg.eval.mode):
                 progress.best_metric, progress.best_epoch, progress.bad_validations = (
@@ -333,7 +348,7 @@ def fit(
                 progress.bad_validations += 1
             stop = patience > 0 and progress.bad_validations >= patience
         if epoch == cfg.train.epochs or stop:
-            metrics.update(_test_best(run, best, dist) | oracles["test"])
+            metrics.update(_test_best(run, best, test, dist))
         metrics["time/epoch_s"] = time.perf_counter() - t0
         progress.epoch = epoch
         progress.history.append(metrics)

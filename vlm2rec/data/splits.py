@@ -89,6 +89,34 @@ class EvalExamples:
             return np.zeros(len(self) + 1, dtype=np.int64), self.seen_items[:0]
         raise ValueError(f"eval.exclude_seen: expected 'all' or 'none', got {rule!r}")
 
+    def sample_negatives(self, n: int, n_items: int, rule: str, seed: int) -> np.ndarray:
+        """``[U, n]`` item ids: ``n`` distinct negatives per example for the sampled protocol,
+        uniform among the items that are neither its target nor excluded under ``rule``.
+
+        Each user's draw is seeded by ``(seed, user id)`` alone, so the negatives are the same in
+        every trial and rerun of the same data, and a subsample keeps its users' negatives.
+        """
+        out = np.zeros((len(self), n), dtype=np.int64)
+        indptr, excluded = self.excluded(rule)
+        for row in range(len(self)):
+            banned = np.append(excluded[indptr[row] : indptr[row + 1]], self.targets[row])
+            free = n_items - len(np.unique(banned))
+            if free < n:
+                raise ValueError(
+                    f"eval.sampled_negatives = {n}: user {int(self.user_ids[row])} has only {free} "
+                    f"items that are neither its target nor excluded (catalogue of {n_items})"
+                )
+            rng = np.random.default_rng(np.random.SeedSequence([seed, int(self.user_ids[row])]))
+            picked: np.ndarray = np.zeros(0, dtype=np.int64)
+            while len(picked) < n:  # rejection: draw distinct ids, drop the banned, top up
+                draw = 1 + rng.choice(
+                    n_items, size=min(n_items, 2 * n + len(banned)), replace=False
+                )
+                fresh = draw[~np.isin(draw, banned) & ~np.isin(draw, picked)]
+                picked = np.concatenate([picked, fresh])[:n]
+            out[row] = picked
+        return out
+
     def subsample(self, n: int, seed: int) -> EvalExamples:
         """A seeded subset of ``n`` users in their original order (``n <= 0`` or ``n >= U``: self;
         0 is the config's "all users")."""
