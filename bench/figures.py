@@ -2,7 +2,7 @@
 
 * ``docs/img/collapse.png``: per ``collapse*.json`` setting, validation NDCG@10 of the fused
   (``both``) view and of the image-only view per epoch, plain contrastive vs VLM2Rec, mean over seeds
-  with a min-max band: the modality-collapse picture;
+  with a min-max band, against the generator's full and text-only oracles: the collapse picture;
 * ``docs/img/hpo.png``: from ``hpo.json``, the best ``val/ndcg@10`` found as the epoch budget grows,
   per search method, mean over sampler seeds with a min-max band.
 
@@ -33,11 +33,7 @@ from hpo import best_so_far
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 #: result file -> panel title
-COLLAPSE = {
-    "collapse.json": "tiny-clip",
-    "collapse_qwen2vl.json": "tiny-qwen2vl",
-    "collapse_image_signal_0.5.json": "tiny-clip, image_signal 0.5",
-}
+COLLAPSE = {"collapse.json": "tiny-clip", "collapse_qwen2vl.json": "tiny-qwen2vl"}
 LABELS = {"baseline": "plain contrastive", "vlm2rec": "VLM2Rec"}
 COLOURS = {"baseline": "tab:grey", "vlm2rec": "tab:blue"}
 
@@ -69,9 +65,14 @@ def collapse_figure(files: Mapping[str, str], out: Path) -> Path:
             _band(
                 ax, image, 1, color=colour, lw=1.5, ls="--", label=f"{LABELS[method]}: image only"
             )
-        ceiling = doc.get("bayes_ceiling_val_ndcg@10")
-        if ceiling:
-            ax.axhline(ceiling, color="k", lw=0.8, ls=":", label="generator's ceiling")
+        last = [r["history"][-1] for r in doc["runs"] if r["history"]]
+        for key, ls, label in (
+            ("val/oracle/ndcg@10", ":", "oracle (full)"),
+            ("val/oracle/ndcg@10/text", "-.", "oracle (text only)"),
+        ):
+            ax.axhline(
+                float(np.mean([h[key] for h in last])), color="k", lw=0.8, ls=ls, label=label
+            )
         seeds = sorted({r["seed"] for r in doc["runs"]})
         ax.set(title=f"{title} ({len(seeds)} seeds)", xlabel="epoch", ylim=(0, 1))
         ax.grid(alpha=0.3)
