@@ -120,7 +120,8 @@ class DataConfig:
 class EmbedderConfig:
     """The VLM used as item and sequence encoder (METHOD.md §2)."""
 
-    name: str = "tiny-qwen2vl"  #: tiny-qwen2vl | tiny-clip | tiny-siglip | hub id | local folder
+    #: tiny-qwen2vl | tiny-qwen2.5vl | tiny-qwen3vl | tiny-clip | tiny-siglip | hub id | local folder
+    name: str = "tiny-qwen2vl"
     fusion: Literal["mean", "concat_proj"] = (
         "mean"  #: dual encoders: how text+image make the `both` view
     )

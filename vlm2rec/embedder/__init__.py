@@ -1,8 +1,9 @@
 """VLM item and sequence embedders (METHOD.md §2): the protocol, the backends and the factory.
 
 ``build_embedder(cfg, catalogue, seed=...)`` picks the backend from ``embedder.name``: a ``tiny-*``
-offline model, or a hub id / local folder loaded with ``from_pretrained`` (Qwen2-VL -> decoder
-embedder; CLIP, SigLIP -> dual encoder). ``encode_catalogue`` embeds every item once per evaluation.
+offline model, or a hub id / local folder loaded with ``from_pretrained`` and dispatched on its
+``model_type`` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL -> decoder embedder; CLIP, SigLIP -> dual encoder),
+``encode_catalogue`` embeds every item once per evaluation.
 """
 
 from __future__ import annotations

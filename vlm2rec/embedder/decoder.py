@@ -1,4 +1,4 @@
-r"""Decoder-VLM embedder (Qwen2-VL family): prompt in, last token's hidden state out.
+r"""Decoder-VLM embedder (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): prompt in, last token's hidden state out.
 
 Reading of [paper] §2 in the VLM2Vec convention. An item view is one prompt from
 ``embedder.item_prompt`` (``{image}``, ``{title}``, ``{text}``); a history is one prompt from
@@ -8,11 +8,14 @@ history items that have one, oldest first; ``{history}`` = one line per item, ol
 .. math:: e = \frac{h_{last}}{\lVert h_{last} \rVert_2}, \quad
           h_{last} = \mathrm{LM}(\mathrm{prompt})_{t_{last}}
 
-Inputs are assembled exactly as ``Qwen2VLProcessor`` would (one ``<|image_pad|>`` per merged patch:
-``t*h*w / merge_size**2`` of them, ``image_grid_thw``, ``mm_token_type_ids``; a test compares both)
-but from per-item cached image tensors, so images are preprocessed once per item, not per step.
-Positions are the model's multimodal RoPE indices computed *with the attention mask*, so a prompt's
-embedding does not depend on how much left padding its batch needs.
+The three families run through the same code; what differs (the vision tower's output, Qwen3-VL's
+deepstack features) is a :class:`~vlm2rec.embedder.families.DecoderFamily` picked from the
+checkpoint's ``model_type``. Inputs are assembled exactly as the family's processor would (one
+``<|image_pad|>`` per merged patch: ``t*h*w / merge_size**2`` of them, ``image_grid_thw``,
+``mm_token_type_ids``; a test compares them per family) but from per-item cached image tensors, so
+images are preprocessed once per item, not per step. Positions are the model's multimodal RoPE
+indices computed *with the attention mask*, so a prompt's embedding does not depend on how much
+left padding its batch needs.
 
 View rules: ``text`` = prompt without image; ``image`` = prompt with the image and empty title and
 text (a zero row for an item without image); ``both`` = everything the item has.
@@ -25,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlm2rec.config import EmbedderConfig
 from vlm2rec.data.catalogue import Catalogue
 from vlm2rec.embedder.base import Embedder, View
+from vlm2rec.embedder.families import DECODER_FAMILIES, DecoderFamily, VisionFeatures
 from vlm2rec.embedder.hub import save_backbone
 from vlm2rec.embedder.images import ImageCache
 from vlm2rec.embedder.lora import configure_finetuning, merged_copy, unwrap
@@ -48,14 +51,28 @@ def _pixel_budget(processor: Any, max_pixels: int) -> dict[str, Any]:
     return {"size": {"shortest_edge": min(shortest, max_pixels), "longest_edge": max_pixels}}
 
 
+def _family(model: Any) -> DecoderFamily:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in DECODER_FAMILIES:
+        raise ValueError(
+            f"DecoderEmbedder: model_type {model_type!r} is not a decoder family "
+            f"({', '.join(DECODER_FAMILIES)})"
+        )
+    return DECODER_FAMILIES[model_type]
+
+
 class DecoderEmbedder(Embedder):
-    """Qwen2-VL item/sequence embedder with last-token pooling and left padding.
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL item and sequence embedder: last-token pooling, left
+    padding.
 
     Args:
         backbone: model, tokenizer and image processor (tiny or ``from_pretrained``).
         cfg: ``embedder`` section of the run config.
         catalogue: the items.
         seed: seed of the LoRA initialisation.
+
+    Attributes:
+        family: what differs between the model families (:mod:`vlm2rec.embedder.families`).
     """
 
     def __init__(
@@ -64,6 +81,7 @@ class DecoderEmbedder(Embedder):
         super().__init__()
         check_template(cfg.item_prompt, ("image", "title", "text"), "embedder.item_prompt")
         check_template(cfg.sequence_prompt, ("images", "history"), "embedder.sequence_prompt")
+        self.family = _family(backbone.model)
         self.cfg, self.catalogue = cfg, catalogue
         if cfg.gradient_checkpointing:
             backbone.model.gradient_checkpointing_enable({"use_reentrant": False})
@@ -96,11 +114,11 @@ class DecoderEmbedder(Embedder):
             _pixel_budget(self.image_processor, cfg.max_pixels),
         )
         self.texts = TextClipper(catalogue, self.tokenizer, cfg.max_text_tokens)
-        # A frozen vision tower is a fixed function of the image (no dropout in Qwen2-VL's ViT):
-        # its merged patch features are computed once per item and reused by every prompt.
+        # A frozen vision tower is a fixed function of the image (the three families' ViTs have no
+        # dropout): its outputs are computed once per item and reused by every prompt.
         visual = unwrap(self.backbone).model.visual
         self.vision_frozen = not any(p.requires_grad for p in visual.parameters())
-        self._features: dict[int, torch.Tensor] = {}
+        self._features: dict[int, VisionFeatures] = {}
 
     # ---- prompt assembly -------------------------------------------------------------------
     def _token(self, token_id: int) -> str:
@@ -134,7 +152,8 @@ class DecoderEmbedder(Embedder):
         self, prompts: list[str], image_ids: list[int], padding_side: str = "left"
     ) -> dict[str, torch.Tensor]:
         """Tokenised, padded prompts plus the cached pixels of ``image_ids`` (in prompt order):
-        the same keys and values ``Qwen2VLProcessor`` produces for these prompts and images."""
+        the same keys and values the family's processor (``Qwen2VLProcessor``,
+        ``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor``) produces for these prompts and images."""
         batch = self.tokenizer(
             prompts,
             padding=True,
@@ -153,17 +172,21 @@ class DecoderEmbedder(Embedder):
 
     # ---- forward ---------------------------------------------------------------------------
     @torch.no_grad()
-    def image_features(self, image_ids: list[int]) -> tuple[torch.Tensor, ...]:
-        """Frozen vision tower outputs ``[tokens_i, D]`` per image, computed once per item."""
+    def image_features(self, image_ids: list[int]) -> list[VisionFeatures]:
+        """Frozen vision tower outputs per image, computed once per item: ``(merged, *deepstack)``,
+        each ``[tokens_i, D]`` (Qwen3-VL adds one tensor per deepstack level)."""
         missing = sorted(set(image_ids) - self._features.keys())
         if missing:
             core = unwrap(self.backbone).model
             cached = [self.images.get(i) for i in missing]
             pixels = torch.cat([c["pixel_values"] for c in cached]).to(self.device)  # [sum P, d]
             grid = torch.stack([c["image_grid_thw"] for c in cached]).to(self.device)  # [I, 3]
-            feats = core.get_image_features(pixels, grid, return_dict=True).pooler_output
-            self._features.update(zip(missing, (f.detach() for f in feats), strict=True))
-        return tuple(self._features[i].to(self.device) for i in image_ids)
+            out = core.get_image_features(pixels, grid, return_dict=True)
+            per_image = self.family.split(out)
+            self._features.update(
+                zip(missing, (tuple(t.detach() for t in f) for f in per_image), strict=True)
+            )
+        return [self._features[i] for i in image_ids]
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         self._features.clear()  # .to(device/dtype) invalidates the cached vision features
@@ -177,7 +200,7 @@ class DecoderEmbedder(Embedder):
         inputs = {
             k: v.to(device) for k, v in self.model_inputs(prompts, image_ids, padding_side).items()
         }
-        core = unwrap(self.backbone).model  # Qwen2VLModel: hidden states without the LM head
+        core = unwrap(self.backbone).model  # e.g. Qwen2VLModel: hidden states without the LM head
         grid = inputs.get("image_grid_thw")
         positions, _ = core.get_rope_index(
             inputs["input_ids"],
@@ -187,9 +210,8 @@ class DecoderEmbedder(Embedder):
         )  # [3, B, S]
         vision: dict[str, Any] = {"pixel_values": inputs.get("pixel_values")}
         if self.vision_frozen and image_ids:
-            # Qwen2VLModel.get_image_features returns pooler_output split per image: a tuple.
-            feats = self.image_features(image_ids)
-            cached = BaseModelOutputWithPooling(pooler_output=feats)  # type: ignore[arg-type]
+            # the cached outputs, in the class the model's forward reads (deepstack included)
+            cached = self.family.join(self.image_features(image_ids))
             vision = {"mm_encoder_outputs": {"image": cached}}
         out = core(
             input_ids=inputs["input_ids"],

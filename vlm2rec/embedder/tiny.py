@@ -1,9 +1,12 @@
 """Tiny offline models: real transformers architectures with a few hundred thousand random weights.
 
-``tiny-qwen2vl`` (decoder VLM), ``tiny-clip`` and ``tiny-siglip`` (dual encoders) are built from a
-transformers config, an in-memory byte-level tokenizer and the family's PIL image processor: no
-file, no network, and the same ``seed`` always gives the same weights. They are the embedded default
-and the test models; sizes are chosen to run fast on one CPU core (hidden 64, 2 layers, 4 heads).
+``tiny-qwen2vl``, ``tiny-qwen2.5vl``, ``tiny-qwen3vl`` (decoder VLMs), ``tiny-clip`` and
+``tiny-siglip`` (dual encoders) are built from a transformers config, an in-memory byte-level
+tokenizer and the family's PIL image processor: no file, no network, and the same ``seed`` always
+gives the same weights. They are the embedded default and the test models; sizes are chosen to run
+fast on one CPU core (hidden 64, 2 layers, 4 heads; 4 image tokens per image for the decoders).
+The three decoders share the decoder sizes and differ where their families differ (see each
+builder and :mod:`vlm2rec.embedder.families`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ from transformers import (
     CLIPModel,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SiglipConfig,
     SiglipModel,
 )
@@ -37,11 +44,12 @@ __all__ = [
     "qwen2vl_tokenizer",
 ]
 
-TINY_MODELS = ("tiny-qwen2vl", "tiny-clip", "tiny-siglip")
+TINY_MODELS = ("tiny-qwen2vl", "tiny-qwen2.5vl", "tiny-qwen3vl", "tiny-clip", "tiny-siglip")
 HIDDEN, LAYERS, HEADS, FFN = 64, 2, 4, 128
 QWEN_IMAGE_SIDE = 56  # a multiple of patch 14 x merge 2: 4x4 patches -> 4 image tokens
+QWEN3_IMAGE_SIDE = 64  # Qwen3-VL: patch 16 x merge 2, again 4x4 patches -> 4 image tokens
 DUAL_IMAGE_SIDE, DUAL_PATCH = 32, 8  # 4x4 patches, the synthetic benchmark's native side
-#: the special tokens of the decoder VLM's tokenizer (Qwen2-VL's names)
+#: the special tokens of the decoder VLMs' tokenizer (the names Qwen2-VL, Qwen2.5-VL and Qwen3-VL share)
 QWEN2VL_SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|vision_start|>",
@@ -77,29 +85,50 @@ def qwen2vl_tokenizer() -> PreTrainedTokenizerBase:
     )
 
 
-def _tiny_qwen2vl(image_side: int) -> Backbone:
-    specials = QWEN2VL_SPECIAL_TOKENS
-    tok = qwen2vl_tokenizer()
-    ids = {t: int(tok.convert_tokens_to_ids(t)) for t in specials}  # type: ignore[arg-type]
-    pad = ids["<|endoftext|>"]
-    text = {
-        "vocab_size": padded_vocab(len(specials)),
+def _qwen_ids(tok: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """The special-token ids every Qwen-VL config names, from the byte-level tokenizer."""
+    ids = {t: int(tok.convert_tokens_to_ids(t)) for t in QWEN2VL_SPECIAL_TOKENS}  # type: ignore[arg-type]
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def _qwen_text(tok: PreTrainedTokenizerBase, mrope_section: list[int]) -> dict[str, Any]:
+    """Decoder config shared by the three tiny Qwen-VL families: hidden 64, 2 layers, 4 heads of
+    16 (2 KV heads); ``mrope_section`` splits the 8 rotary frequencies over (t, h, w)."""
+    pad = int(tok.convert_tokens_to_ids("<|endoftext|>"))  # type: ignore[arg-type]
+    return {
+        "vocab_size": padded_vocab(len(QWEN2VL_SPECIAL_TOKENS)),
         "hidden_size": HIDDEN,
         "intermediate_size": FFN,
         "num_hidden_layers": LAYERS,
         "num_attention_heads": HEADS,
         "num_key_value_heads": 2,
         "max_position_embeddings": 4096,
-        # head_dim 16 -> 8 rotary frequencies split over (temporal, height, width)
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 10000.0,
-            "mrope_section": [2, 3, 3],
+            "mrope_section": mrope_section,
         },
         "bos_token_id": pad,
         "eos_token_id": pad,
         "pad_token_id": pad,
     }
+
+
+def _qwen_processor(side: int, patch: int, **kwargs: Any) -> Qwen2VLImageProcessorPil:
+    """The family's PIL processor fixed at ``side x side`` pixels (``side`` a multiple of
+    ``patch * merge``: ``(side / patch)**2 / 4`` image tokens)."""
+    return Qwen2VLImageProcessorPil(
+        min_pixels=side * side, max_pixels=side * side, patch_size=patch, merge_size=2, **kwargs
+    )
+
+
+def _tiny_qwen2vl(image_side: int) -> Backbone:
+    tok = qwen2vl_tokenizer()
     vision = {
         "depth": LAYERS,
         "embed_dim": HIDDEN // 2,
@@ -110,17 +139,66 @@ def _tiny_qwen2vl(image_side: int) -> Backbone:
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
+    # head_dim 16 -> 8 rotary frequencies split over (temporal, height, width)
     config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        text_config=_qwen_text(tok, [2, 3, 3]), vision_config=vision, **_qwen_ids(tok)
     )
-    side = image_side or QWEN_IMAGE_SIDE
-    processor = Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side)
+    processor = _qwen_processor(image_side or QWEN_IMAGE_SIDE, 14)
     return Backbone(Qwen2VLForConditionalGeneration(config), tok, processor, "decoder")
+
+
+def _tiny_qwen2_5vl(image_side: int) -> Backbone:
+    """Qwen2.5-VL: the vision tower is RMSNorm + SwiGLU blocks of width ``hidden_size`` with a
+    separate ``out_hidden_size`` (the decoder's width), and windowed attention: ``window_size`` 28
+    pixels is one merged 2x2 patch group per window in block 0, full attention in block 1 (the
+    published model alternates 7 windowed blocks with 1 full one)."""
+    tok = qwen2vl_tokenizer()
+    vision = {
+        "depth": LAYERS,
+        "hidden_size": HIDDEN // 2,
+        "intermediate_size": HIDDEN,
+        "num_heads": 2,
+        "out_hidden_size": HIDDEN,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 28,
+        "fullatt_block_indexes": [1],
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_text(tok, [2, 3, 3]), vision_config=vision, **_qwen_ids(tok)
+    )
+    processor = _qwen_processor(image_side or QWEN_IMAGE_SIDE, 14)
+    return Backbone(Qwen2_5_VLForConditionalGeneration(config), tok, processor, "decoder")
+
+
+def _tiny_qwen3vl(image_side: int) -> Backbone:
+    """Qwen3-VL: patch 16 (images a multiple of 32 pixels), mean = std = 0.5, a learned 4x4
+    position grid (``num_position_embeddings``, interpolated to each image), deepstack features
+    from both vision blocks added after decoder layers 0 and 1, a decoder with q/k RMSNorm and no
+    attention bias, and interleaved M-RoPE: sections [4, 2, 2] of the 8 frequencies, the
+    published [24, 20, 20] of 64 scaled down."""
+    tok = qwen2vl_tokenizer()
+    text = _qwen_text(tok, [4, 2, 2])
+    text["head_dim"] = HIDDEN // HEADS  # Qwen3 configs name it (default 128)
+    text["rope_parameters"]["mrope_interleaved"] = True
+    vision = {
+        "depth": LAYERS,
+        "hidden_size": HIDDEN // 2,
+        "intermediate_size": HIDDEN,
+        "num_heads": 2,
+        "out_hidden_size": HIDDEN,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 16,
+        "deepstack_visual_indexes": [0, 1],
+    }
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_ids(tok))
+    processor = _qwen_processor(
+        image_side or QWEN3_IMAGE_SIDE, 16, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    return Backbone(Qwen3VLForConditionalGeneration(config), tok, processor, "decoder")
 
 
 def _dual_towers(
@@ -186,9 +264,16 @@ def build_tiny(name: str, *, seed: int, image_side: int = 0) -> Backbone:
     Args:
         name: one of :data:`TINY_MODELS`.
         seed: weight-initialisation seed.
-        image_side: square input side in pixels (0 = the tiny default; decoders round it to 28).
+        image_side: square input side in pixels (0 = the tiny default; decoders round it to a
+            multiple of patch x merge: 28, Qwen3-VL 32).
     """
-    builders = {"tiny-qwen2vl": _tiny_qwen2vl, "tiny-clip": _tiny_clip, "tiny-siglip": _tiny_siglip}
+    builders = {
+        "tiny-qwen2vl": _tiny_qwen2vl,
+        "tiny-qwen2.5vl": _tiny_qwen2_5vl,
+        "tiny-qwen3vl": _tiny_qwen3vl,
+        "tiny-clip": _tiny_clip,
+        "tiny-siglip": _tiny_siglip,
+    }
     if name not in builders:
         raise ValueError(f"embedder.name: {name!r} is not a tiny model ({', '.join(TINY_MODELS)})")
     with torch.random.fork_rng(devices=[]):
