@@ -1,6 +1,6 @@
 """Embedder backends on the tiny offline models (the three decoder families and the two dual
 encoders): views, padding, processor equality, LoRA wiring, a training step, save round-trip,
-determinism, gradients, sequences and the catalogue pass."""
+determinism, gradients, sequences, external fusion, fusion checks and the catalogue pass."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm2rec.config import EmbedderConfig, LossConfig
+from vlm2rec.config import ConfigError, EmbedderConfig, LossConfig
 from vlm2rec.data.catalogue import Catalogue
 from vlm2rec.data.loader import SequenceBatch
 from vlm2rec.embedder import (
@@ -27,6 +27,7 @@ from vlm2rec.embedder import (
     encode_catalogue,
 )
 from vlm2rec.embedder.lora import unwrap
+from vlm2rec.embedder.pooling import l2_normalise
 from vlm2rec.train import _loss_parts
 
 DECODERS = ["tiny-qwen2vl", "tiny-qwen2.5vl", "tiny-qwen3vl"]
@@ -298,11 +299,12 @@ def _perturb_trainables(emb: Embedder) -> None:
 @pytest.mark.parametrize(
     ("name", "fusion"),
     [
-        ("tiny-qwen2vl", "mean"),
-        ("tiny-qwen2.5vl", "mean"),
-        ("tiny-qwen3vl", "mean"),
+        ("tiny-qwen2vl", "joint"),
+        ("tiny-qwen2.5vl", "external"),
+        ("tiny-qwen3vl", "joint"),
+        ("tiny-qwen3vl", "external"),
         ("tiny-clip", "concat_proj"),
-        ("tiny-siglip", "mean"),
+        ("tiny-siglip", "auto"),
     ],
 )
 def test_save_pretrained_round_trip(name: str, fusion: str, tmp_path: Path) -> None:
@@ -504,10 +506,12 @@ def _batch(histories: list[list[int]], targets: list[int]) -> SequenceBatch:
     return SequenceBatch(h, h != 0, torch.tensor(targets), torch.arange(len(targets)))
 
 
-@pytest.mark.parametrize("name", DECODERS)
-def test_decoder_training_step_moves_lora_and_changes_the_embedding(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "fusion"), [(n, f) for n in DECODERS for f in ("joint", "external")]
+)
+def test_decoder_training_step_moves_lora_and_changes_the_embedding(name: str, fusion: str) -> None:
     # One step of the training loop's loss (sequence + three views, WPCL + CRTR) and AdamW.
-    emb = _build(name, lora_rank=4)
+    emb = _build(name, fusion=fusion, lora_rank=4)
     batch = _batch([[0, 1, 2], [2, 4, 5], [0, 0, 6], [1, 3, 4]], [4, 6, 1, 2])
     trainable = {n: p for n, p in emb.named_parameters() if p.requires_grad}
     before = {n: p.detach().clone() for n, p in trainable.items()}
@@ -524,3 +528,90 @@ def test_decoder_training_step_moves_lora_and_changes_the_embedding(name: str) -
     assert any("lora_B" in n for n in moved)
     with torch.no_grad():
         assert not torch.allclose(emb.encode_items(_ids(1, 2), "both"), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_external_both_is_the_normalised_sum_of_the_single_views(name: str) -> None:
+    emb = _build(name, fusion="external")
+    joint = _build(name, fusion="joint")  # same seed: the same weights
+    ids = _ids(1, 2, NO_IMAGE, 4, NO_TEXT, 6)
+    histories = torch.tensor([[0, 1, 2], [0, 0, 0], [4, 5, 6], [0, 0, NO_IMAGE]])
+    with torch.no_grad():
+        views = {v: emb.encode_items(ids, v) for v in VIEWS}
+        together = emb.encode_views(ids)
+        seq = emb.encode_sequences(histories)
+        assert isinstance(emb, DecoderEmbedder)
+        rows = emb.check_histories(histories)
+        text_h = emb.encode_prompts([emb.sequence_prompt(r, "text")[0] for r in rows], [])
+        with_images = [r for r in rows if emb.history_images(r)]
+        prompts, images = zip(*(emb.sequence_prompt(r, "image") for r in with_images), strict=True)
+        image_h = emb.encode_prompts(list(prompts), [i for imgs in images for i in imgs])
+        joint_views = {v: joint.encode_items(ids, v) for v in VIEWS}
+        joint_seq = joint.encode_sequences(histories)
+    expected = l2_normalise(views["text"] + views["image"])
+    assert torch.allclose(views["both"], expected, atol=1e-6)
+    assert torch.allclose(views["both"][2], views["text"][2], atol=1e-6)  # no image: text only
+    assert all(torch.allclose(together[v], views[v], atol=1e-6) for v in VIEWS)
+    # the single views are the joint mode's; only the fused view and the sequences differ
+    for v in ("text", "image"):
+        assert torch.allclose(views[v], joint_views[v], atol=1e-6)
+    assert not torch.allclose(views["both"][0], joint_views["both"][0], atol=1e-3)
+    # histories 0 and 2 have a recent image; 1 (padding) and 3 (item without image) are text only
+    image_rows = torch.zeros_like(text_h)
+    image_rows[[0, 2]] = image_h
+    assert torch.allclose(seq, l2_normalise(text_h + image_rows), atol=1e-6)
+    assert torch.allclose(seq[[1, 3]], text_h[[1, 3]], atol=1e-6)
+    assert not torch.allclose(seq[0], joint_seq[0], atol=1e-3)
+
+
+@pytest.mark.parametrize(("fusion", "passes"), [("joint", 3), ("external", 2)])
+def test_training_forward_costs_two_item_passes_under_external_fusion(
+    fusion: str, passes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emb = _build("tiny-qwen3vl", fusion=fusion)
+    assert isinstance(emb, DecoderEmbedder)
+    calls: list[int] = []
+    real = DecoderEmbedder.encode_prompts
+
+    def counted(self: DecoderEmbedder, prompts: list[str], *args: Any, **kw: Any) -> torch.Tensor:
+        calls.append(len(prompts))
+        return real(self, prompts, *args, **kw)
+
+    monkeypatch.setattr(DecoderEmbedder, "encode_prompts", counted)
+    u, v = emb(torch.tensor([[0, 1, 2], [0, 4, 6]]), _ids(1, 2, 4))
+    assert set(v) == set(VIEWS) and u.shape == (2, emb.dim)
+    sequence_passes = 1 if fusion == "joint" else 2  # external: text and image histories
+    assert len(calls) == sequence_passes + passes
+    grads = _grad_norms(emb, (v["both"] * torch.ones_like(v["both"])).sum())
+    assert any(g > 0 for n, g in grads.items() if "lora_B" in n)  # both reaches LoRA
+
+
+@pytest.mark.parametrize(
+    ("name", "fusion", "expected"),
+    [
+        ("tiny-qwen2vl", "mean", "auto, joint, external"),
+        ("tiny-qwen3vl", "concat_proj", "auto, joint, external"),
+        ("tiny-clip", "external", "auto, mean, concat_proj"),
+        ("tiny-siglip", "joint", "auto, mean, concat_proj"),
+    ],
+)
+def test_fusion_of_the_other_family_is_a_config_error(
+    name: str, fusion: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"^embedder\.fusion: ") as err:
+        _build(name, fusion=fusion)
+    assert expected in str(err.value) and repr(fusion) in str(err.value)
+
+
+def test_fusion_auto_means_joint_for_decoders_and_mean_for_dual_encoders() -> None:
+    auto, joint = _build("tiny-qwen2.5vl"), _build("tiny-qwen2.5vl", fusion="joint")
+    assert isinstance(auto, DecoderEmbedder) and auto.fusion == "joint"
+    dual_auto, dual_mean = _build("tiny-clip"), _build("tiny-clip", fusion="mean")
+    assert isinstance(dual_auto, DualEmbedder) and dual_auto.fusion is None  # no learned head
+    with torch.no_grad():
+        assert torch.equal(
+            auto.encode_items(_ids(1, 2), "both"), joint.encode_items(_ids(1, 2), "both")
+        )
+        assert torch.equal(
+            dual_auto.encode_items(_ids(1, 2), "both"), dual_mean.encode_items(_ids(1, 2), "both")
+        )

@@ -122,9 +122,9 @@ class EmbedderConfig:
 
     #: tiny-qwen2vl | tiny-qwen2.5vl | tiny-qwen3vl | tiny-clip | tiny-siglip | hub id | local folder
     name: str = "tiny-qwen2vl"
-    fusion: Literal["mean", "concat_proj"] = (
-        "mean"  #: dual encoders: how text+image make the `both` view
-    )
+    #: how text+image make the `both` view: decoder VLMs joint | external, dual encoders
+    #: mean | concat_proj (checked against the model's family when it is built); auto = joint / mean
+    fusion: Literal["auto", "joint", "external", "mean", "concat_proj"] = "auto"
     finetune: Literal["lora", "full", "frozen"] = (
         "lora"  #: LoRA adapters, all weights, or nothing trained
     )

@@ -18,7 +18,19 @@ indices computed *with the attention mask*, so a prompt's embedding does not dep
 left padding its batch needs.
 
 View rules: ``text`` = prompt without image; ``image`` = prompt with the image and empty title and
-text (a zero row for an item without image); ``both`` = everything the item has.
+text (a zero row for an item without image); ``both`` depends on ``embedder.fusion``:
+
+* ``joint`` (``auto``): one prompt with everything the item has (image and text);
+* ``external``: the ``text`` and ``image`` views, each encoded alone, summed and renormalised,
+
+  .. math:: v^M = \frac{v^T + v^I}{\lVert v^T + v^I \rVert_2}
+
+  (``v^I = 0`` for an item without image, so ``v^M = v^T``), the setting a secondary summary of the
+  paper reports (docs/METHOD.md §2). The three views then cost two forward passes, not three
+  (:meth:`DecoderEmbedder.encode_views`). Histories likewise: the text-only history prompt (no
+  images) and the image-only one (the images, an empty ``{history}``), :math:`u = (u^T + u^I) /
+  \lVert u^T + u^I \rVert_2`, with :math:`u^I = 0` for a history without images.
+
 An all-padding history is the sequence prompt with no images and an empty history.
 """
 
@@ -31,12 +43,12 @@ import torch
 
 from vlm2rec.config import EmbedderConfig
 from vlm2rec.data.catalogue import Catalogue
-from vlm2rec.embedder.base import Embedder, View
+from vlm2rec.embedder.base import VIEWS, Embedder, View, resolve_fusion
 from vlm2rec.embedder.families import DECODER_FAMILIES, DecoderFamily, VisionFeatures
 from vlm2rec.embedder.hub import save_backbone
 from vlm2rec.embedder.images import ImageCache
 from vlm2rec.embedder.lora import configure_finetuning, merged_copy, unwrap
-from vlm2rec.embedder.pooling import l2_normalise, last_token_pool
+from vlm2rec.embedder.pooling import fuse_mean, l2_normalise, last_token_pool
 from vlm2rec.embedder.prompts import TextClipper, check_template
 from vlm2rec.embedder.tiny import Backbone
 
@@ -63,7 +75,7 @@ def _family(model: Any) -> DecoderFamily:
 
 class DecoderEmbedder(Embedder):
     """Qwen2-VL / Qwen2.5-VL / Qwen3-VL item and sequence embedder: last-token pooling, left
-    padding.
+    padding, ``joint`` or ``external`` fusion.
 
     Args:
         backbone: model, tokenizer and image processor (tiny or ``from_pretrained``).
@@ -73,6 +85,7 @@ class DecoderEmbedder(Embedder):
 
     Attributes:
         family: what differs between the model families (:mod:`vlm2rec.embedder.families`).
+        fusion: ``joint`` or ``external`` (``embedder.fusion`` with ``auto`` resolved).
     """
 
     def __init__(
@@ -81,6 +94,7 @@ class DecoderEmbedder(Embedder):
         super().__init__()
         check_template(cfg.item_prompt, ("image", "title", "text"), "embedder.item_prompt")
         check_template(cfg.sequence_prompt, ("images", "history"), "embedder.sequence_prompt")
+        self.fusion = resolve_fusion(cfg.fusion, "decoder", cfg.name)
         self.family = _family(backbone.model)
         self.cfg, self.catalogue = cfg, catalogue
         if cfg.gradient_checkpointing:
@@ -139,13 +153,21 @@ class DecoderEmbedder(Embedder):
         prompt = self.cfg.item_prompt.format(image=image, title=title, text=text)
         return prompt, [item_id] if with_image else []
 
-    def sequence_prompt(self, history: list[int]) -> tuple[str, list[int]]:
-        """The prompt of one history (real ids, oldest first) and its image item ids."""
+    def history_images(self, history: list[int]) -> list[int]:
+        """The ``images_per_history`` most recent items of a history that have an image, oldest first."""
         k = self.cfg.images_per_history
         recent = history[-k:] if k > 0 else []
-        with_image = [i for i in recent if self.images.has_image(i)]
+        return [i for i in recent if self.images.has_image(i)]
+
+    def sequence_prompt(self, history: list[int], view: View = "both") -> tuple[str, list[int]]:
+        """The prompt of one history (real ids, oldest first) and its image item ids.
+
+        ``view``: ``both`` (images and history text), ``text`` (no images) or ``image`` (the images,
+        an empty ``{history}``), the parts of external fusion."""
+        with_image = self.history_images(history) if view != "text" else []
         images = "".join(self.image_placeholder(i) for i in with_image)
-        prompt = self.cfg.sequence_prompt.format(images=images, history=self.texts.history(history))
+        lines = self.texts.history(history) if view != "image" else ""
+        prompt = self.cfg.sequence_prompt.format(images=images, history=lines)
         return prompt, with_image
 
     def model_inputs(
@@ -223,9 +245,8 @@ class DecoderEmbedder(Embedder):
         )
         return l2_normalise(last_token_pool(out.last_hidden_state, inputs["attention_mask"]))
 
-    def encode_items(self, item_ids: torch.Tensor, view: View) -> torch.Tensor:
-        """See :class:`Embedder`; the ``image`` view of an item without image is a zero row."""
-        ids = self.check_item_ids(item_ids)
+    def _encode_single(self, ids: list[int], view: View) -> torch.Tensor:
+        """One prompt per item in one view (``joint`` fusion's ``both`` included) -> ``[N, D]``."""
         rows = [k for k, i in enumerate(ids) if view != "image" or self.images.has_image(i)]
         out = torch.zeros(len(ids), self.dim, device=self.device)
         if not rows:
@@ -238,14 +259,58 @@ class DecoderEmbedder(Embedder):
         index = torch.tensor(rows, device=out.device)
         return out.index_copy(0, index, self.encode_prompts(prompts, image_ids))
 
-    def encode_sequences(self, histories: torch.Tensor) -> torch.Tensor:
-        """See :class:`Embedder`; an all-padding row is the empty-history prompt."""
+    def _has_image(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor([self.images.has_image(i) for i in ids], device=self.device)
+
+    def encode_items(self, item_ids: torch.Tensor, view: View) -> torch.Tensor:
+        """See :class:`Embedder`; the ``image`` view of an item without image is a zero row."""
+        if view == "both" and self.fusion == "external":
+            return self.encode_views(item_ids, ("both",))["both"]
+        return self._encode_single(self.check_item_ids(item_ids), view)
+
+    def encode_views(
+        self, item_ids: torch.Tensor, views: tuple[View, ...] = VIEWS
+    ) -> dict[str, torch.Tensor]:
+        """See :meth:`Embedder.encode_views`. Under ``external`` fusion the ``text`` and ``image``
+        passes are run once and ``both`` is their normalised sum (``[N, D]`` each), so the
+        training forward's three views cost two passes and gradients reach both through ``both``."""
+        if self.fusion == "joint":
+            return super().encode_views(item_ids, views)
+        ids = self.check_item_ids(item_ids)
+        needed: tuple[View, ...] = ("text", "image") if "both" in views else views
+        single = {v: self._encode_single(ids, v) for v in needed}
+        out = dict(single)
+        if "both" in views:
+            # the views are normalised already; a zero image row leaves the text view
+            out["both"] = fuse_mean(single["text"], single["image"], self._has_image(ids))
+        return {v: out[v] for v in views}
+
+    def _encode_histories(self, rows: list[list[int]], view: View) -> torch.Tensor:
         prompts, image_ids = [], []
-        for history in self.check_histories(histories):
-            prompt, images = self.sequence_prompt(history)
+        for history in rows:
+            prompt, images = self.sequence_prompt(history, view)
             prompts.append(prompt)
             image_ids.extend(images)
         return self.encode_prompts(prompts, image_ids)
+
+    def encode_sequences(self, histories: torch.Tensor) -> torch.Tensor:
+        r"""See :class:`Embedder`; an all-padding row is the empty-history prompt.
+
+        ``external`` fusion: :math:`u = \mathrm{normalise}(u^T + u^I)` with ``u^T`` the text-only
+        history prompt and ``u^I`` the image-only one (zero for a history without images)."""
+        rows = self.check_histories(histories)
+        if self.fusion == "joint":
+            return self._encode_histories(rows, "both")
+        text = self._encode_histories(rows, "text")  # [B, D]
+        with_images = [b for b, h in enumerate(rows) if self.history_images(h)]
+        image = torch.zeros_like(text)  # [B, D]
+        if with_images:
+            index = torch.tensor(with_images, device=text.device)
+            part = self._encode_histories([rows[b] for b in with_images], "image")
+            image = image.index_copy(0, index, part)
+        has = torch.zeros(len(rows), dtype=torch.bool, device=text.device)
+        has[with_images] = True
+        return fuse_mean(text, image, has)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Merged checkpoint + tokenizer + image processor (see :class:`Embedder`)."""
