@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    PreTrainedConfig,
     PreTrainedModel,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLForConditionalGeneration,
@@ -70,6 +71,14 @@ class DecoderFamily:
     label: str
     model_class: type[PreTrainedModel]
     deepstack: bool = False
+
+    def config(
+        self, text: dict[str, Any], vision: dict[str, Any], **kwargs: Any
+    ) -> PreTrainedConfig:
+        """The family's model config (``Qwen2VLConfig``, ...) from text and vision sub-configs;
+        ``kwargs`` are top-level keys (token ids, ``tie_word_embeddings``)."""
+        cls: Any = self.model_class.config_class  # a Qwen*VLConfig, which takes both sub-configs
+        return cls(text_config=text, vision_config=vision, **kwargs)
 
     def split(self, out: Any) -> list[VisionFeatures]:
         """``model.get_image_features(...)`` output -> per image ``(merged, *deepstack)``.
