@@ -281,7 +281,8 @@ class DecoderEmbedder(Embedder):
         single = {v: self._encode_single(ids, v) for v in needed}
         out = dict(single)
         if "both" in views:
-            # the views are normalised already; a zero image row leaves the text view
+            # fuse_mean = normalise(v^T + m v^I) of unit rows: the sum's direction (sum and mean
+            # differ only in length); an item without image (m = 0, zero row) keeps v^T
             out["both"] = fuse_mean(single["text"], single["image"], self._has_image(ids))
         return {v: out[v] for v in views}
 
