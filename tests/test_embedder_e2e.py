@@ -73,11 +73,9 @@ def test_new_decoder_trains_evaluates_and_exports(
 
     assert console(["evaluate", "--run", str(run), "--split", "test"]) == 0
     again = json.loads((run / "eval_test.json").read_text())
-    # The same weights give the same numbers up to float32 rounding: a fresh process fills the
-    # frozen vision-feature cache in catalogue order, training filled it in batch order, and the
-    # vision tower's batched matmuls round differently (seen: 7e-9 relative on erank_image).
-    assert again == pytest.approx(final["test"], rel=1e-6, abs=1e-9)
-    assert again["test/ndcg@10"] == pytest.approx(final["test"]["test/ndcg@10"], abs=1e-9)
+    # the same weights give the same numbers (the frozen vision-feature cache is filled per fixed
+    # block of items, so a fresh process computes the very same features as training did)
+    assert again == pytest.approx(final["test"], abs=1e-9)
 
     out = tmp_path / "items.parquet"
     assert console(["export", "--run", str(run), "--out", str(out)]) == 0

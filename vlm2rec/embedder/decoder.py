@@ -52,7 +52,10 @@ from vlm2rec.embedder.pooling import fuse_mean, l2_normalise, last_token_pool
 from vlm2rec.embedder.prompts import TextClipper, check_template
 from vlm2rec.embedder.tiny import Backbone
 
-__all__ = ["DecoderEmbedder"]
+__all__ = ["FEATURE_BLOCK", "DecoderEmbedder"]
+
+#: item ids per vision pass when filling the frozen-feature cache (ids ``k*B .. k*B+B-1``)
+FEATURE_BLOCK = 32
 
 
 def _pixel_budget(processor: Any, max_pixels: int) -> dict[str, Any]:
@@ -196,17 +199,27 @@ class DecoderEmbedder(Embedder):
     @torch.no_grad()
     def image_features(self, image_ids: list[int]) -> list[VisionFeatures]:
         """Frozen vision tower outputs per image, computed once per item: ``(merged, *deepstack)``,
-        each ``[tokens_i, D]`` (Qwen3-VL adds one tensor per deepstack level)."""
-        missing = sorted(set(image_ids) - self._features.keys())
-        if missing:
-            core = unwrap(self.backbone).model
-            cached = [self.images.get(i) for i in missing]
+        each ``[tokens_i, D]`` (Qwen3-VL adds one tensor per deepstack level).
+
+        The cache is filled one fixed block of :data:`FEATURE_BLOCK` item ids at a time (the
+        block's items with an image, in one vision pass), never with whatever items the first
+        batch to need them holds: a batched pass rounds differently per batch composition
+        (~1e-8), so batch-filled values would depend on the order a run meets the items in, and a
+        resumed run or a fresh ``evaluate`` would not reproduce the uninterrupted one bit for bit.
+        """
+        blocks = sorted({i // FEATURE_BLOCK for i in image_ids if i not in self._features})
+        core = unwrap(self.backbone).model
+        for block in blocks:
+            first = max(1, block * FEATURE_BLOCK)
+            last = min((block + 1) * FEATURE_BLOCK, self.catalogue.num_items + 1)
+            ids = [i for i in range(first, last) if self.images.has_image(i)]
+            cached = [self.images.get(i) for i in ids]
             pixels = torch.cat([c["pixel_values"] for c in cached]).to(self.device)  # [sum P, d]
             grid = torch.stack([c["image_grid_thw"] for c in cached]).to(self.device)  # [I, 3]
             out = core.get_image_features(pixels, grid, return_dict=True)
             per_image = self.family.split(out)
             self._features.update(
-                zip(missing, (tuple(t.detach() for t in f) for f in per_image), strict=True)
+                zip(ids, (tuple(t.detach() for t in f) for f in per_image), strict=True)
             )
         return [self._features[i] for i in image_ids]
 
