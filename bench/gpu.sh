@@ -7,16 +7,19 @@
 #
 # Usage (from anywhere; paths are resolved from this file):
 #   bash bench/gpu.sh                # GPU: random Qwen2-VL-2B, bf16, LoRA; 2 workers (torchrun,
-#                                    # all-gathered loss) with 2+ GPUs, else 1 process
-#   bash bench/gpu.sh --cpu-check    # the same pipeline on CPU: `test` preset, fp32, tiny sizes
+#                                    # all-gathered loss) with 2+ GPUs, else 1 process; then a
+#                                    # random Qwen2.5-VL-3B LoRA step (bf16, external fusion)
+#   bash bench/gpu.sh --cpu-check    # the same pipeline on CPU: `test` presets, fp32, tiny sizes
 # Environment:
 #   OUT=DIR          where results go (default: bench/results/; --cpu-check: a temporary folder)
 #   GPU_SH_NPROC=N   force the number of training processes (e.g. 2 with --cpu-check: gloo)
 #   KEEP_WORK=1      keep the working folder (random model, data, run) instead of deleting it
 #
 # Stages: 1 random model, 2 synthetic data, 3 smoke training (amazon_qwen2vl.toml-shaped, 1 epoch),
-# 4 bench/step.py, 5 bench/eval.py. Results: gpu_smoke.json (stage wall times, losses, metrics,
-# peak GPU memory, GPUs), step_<dtype>.json and eval_<dtype>.json (bf16 on GPU, fp32 with --cpu-check).
+# 4 bench/step.py, 5 bench/eval.py, 6 random Qwen2.5-VL-3B (the backbone a secondary summary of the
+# paper reports), 7 bench/step.py on it (LoRA, external fusion). Results: gpu_smoke.json (stage
+# wall times, losses, metrics, peak GPU memory, GPUs), step_<dtype>.json, eval_<dtype>.json and
+# step_qwen2.5vl_<dtype>.json (bf16 on GPU, fp32 with --cpu-check).
 set -euo pipefail
 
 CALLER_PWD="$PWD" # a relative OUT is relative to where the script was started
@@ -82,30 +85,33 @@ if [[ "$MODE" == gpu ]]; then
         exit 1
     fi
     NPROC="${GPU_SH_NPROC:-$((NGPU >= 2 ? 2 : 1))}"
-    DEVICE=cuda DTYPE=bf16 PRESET=2b
+    DEVICE=cuda DTYPE=bf16 PRESET=2b PRESET25=2.5-3b
     RESULTS="${OUT:-$ROOT/bench/results}"
     # 200 users of 5-8 items (~700 training sequences), 112-pixel images (16 image tokens each)
     SYN=(users=200 items=256 min_length=5 max_length=8 image_size=112)
     SIZES=(train.batch_size=16 eval.val_users=200 eval.item_batch_size=64 data.loader_workers=2)
     STEP_ARGS=(--batch-size 16 --reps 5)
+    STEP25_ARGS=(--batch-size 16 --reps 3)
     EVAL_ARGS=(--items 100000 1000000 --users 10000 --reps 1 --largest-reps 2)
 else
     NGPU=0
     NPROC="${GPU_SH_NPROC:-1}"
-    DEVICE=cpu DTYPE=fp32 PRESET=test
+    DEVICE=cpu DTYPE=fp32 PRESET=test PRESET25=2.5-test
     RESULTS="${OUT:-$WORK/results}"
     SYN=(users=40 items=32 shapes=4 brands=4 min_length=5 max_length=8 image_size=16)
     SIZES=(train.batch_size=8 eval.val_users=0 eval.item_batch_size=32 data.loader_workers=0)
     STEP_ARGS=(--batch-size 8 --reps 2)
+    STEP25_ARGS=(--batch-size 8 --reps 1)
     EVAL_ARGS=(--items 2000 --users 300 --reps 1)
 fi
 [[ "$RESULTS" == /* ]] || RESULTS="$CALLER_PWD/$RESULTS"
 mkdir -p "$RESULTS"
 RESULTS="$(cd "$RESULTS" && pwd)" # absolute: step.py runs from $WORK
-echo "mode $MODE: $NGPU GPU(s), $NPROC training process(es), $DEVICE $DTYPE, preset $PRESET"
+echo "mode $MODE: $NGPU GPU(s), $NPROC training process(es), $DEVICE $DTYPE, presets $PRESET, $PRESET25"
 echo "results -> $RESULTS"
 
 MODEL="$WORK/qwen2vl-$PRESET-random"
+MODEL25="$WORK/qwen2.5vl-$PRESET25-random"
 DATA="$WORK/synthetic"
 RUN="$WORK/run"
 CONFIG=search_spaces/base/amazon_qwen2vl.toml
@@ -199,11 +205,23 @@ stage "5 bench/eval.py ($DEVICE, $DTYPE)" \
     "$PY" bench/eval.py --device "$DEVICE" --dtype "$DTYPE" "${EVAL_ARGS[@]}" \
     --out "$RESULTS/eval_$DTYPE.json"
 
+# ---- 6-7. Qwen2.5-VL-3B ------------------------------------------------------------------------
+# The same step benchmark on the random Qwen2.5-VL (LoRA, gradient checkpointing, bf16 on GPU) in
+# external fusion (an item's text and image encoded apart, embeddings summed), the paper's setting
+# as a secondary summary of it reports.
+stage "6 random Qwen2.5-VL ($PRESET25, $DTYPE, built on $DEVICE)" \
+    "$PY" bench/random_qwen2vl.py --preset "$PRESET25" --dtype "$DTYPE" --device "$DEVICE" \
+    --out "$MODEL25"
+stage "7 bench/step.py Qwen2.5-VL ($DEVICE, $DTYPE, external fusion)" \
+    step_py --device "$DEVICE" --dtype "$DTYPE" --models "$(basename "$MODEL25")" \
+    --config "$ROOT/$CONFIG" --data "$DATA" "${STEP25_ARGS[@]}" "${STEP_FLAGS[@]}" \
+    --set embedder.fusion=external --out "$RESULTS/step_qwen2.5vl_$DTYPE.json"
+
 # ---- summary ---------------------------------------------------------------------------------
 banner "summary"
 T_END=$(date +%s.%N)
 MODE="$MODE" NPROC="$NPROC" NGPU="$NGPU" WORK="$WORK" RUN="$RUN" MODEL="$MODEL" DATA="$DATA" \
-    STAGES="$STAGES" PEAK_DIR="$WORK/peak" RESULTS="$RESULTS" DTYPE="$DTYPE" \
+    STAGES="$STAGES" PEAK_DIR="$WORK/peak" RESULTS="$RESULTS" DTYPE="$DTYPE" MODEL25="$MODEL25" \
     TOTAL_S=$(awk -v a="$T_START" -v b="$T_END" 'BEGIN { printf "%.1f", b - a }') \
     "$PY" - "${TRAIN_SETS[@]}" <<'EOF'
 import json, os, sys
@@ -245,7 +263,8 @@ payload = {
     "test": final["test"],
     "peak_gpu_memory": peaks,
     "peak_gpu_memory_gib_max": max((p["max_allocated_bytes"] for p in peaks), default=0) / 2**30,
-    "results": {n: f"{n}_{env['DTYPE']}.json" for n in ("step", "eval")},
+    "results": {n: f"{n}_{env['DTYPE']}.json" for n in ("step", "eval", "step_qwen2.5vl")},
+    "model_qwen2.5vl": json.loads((Path(env["MODEL25"]) / "random_init.json").read_text()),
 }
 what = f"random Qwen2-VL {model['preset']}, {model['dtype']}, LoRA, {nproc} worker(s)"
 head = headline(f"smoke training wall time ({what}, {mode})", train_s, "s")
@@ -260,4 +279,4 @@ for name, secs in stages.items():
 print(f"  {payload['total_s']:8.1f} s  total")
 print(f"wrote {path}")
 EOF
-echo "results in $RESULTS: gpu_smoke.json step_$DTYPE.json eval_$DTYPE.json"
+echo "results in $RESULTS: gpu_smoke.json step_$DTYPE.json eval_$DTYPE.json step_qwen2.5vl_$DTYPE.json"

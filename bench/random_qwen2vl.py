@@ -1,34 +1,43 @@
-"""Write a randomly initialised Qwen2-VL checkpoint folder that ``embedder.name = <folder>`` loads.
+"""Write a randomly initialised Qwen2-VL or Qwen2.5-VL checkpoint folder that ``embedder.name = <folder>`` loads.
 
 Presets:
 
 * ``2b``: the published Qwen2-VL-2B(-Instruct) dimensions (text: hidden 1536, 28 layers, 12 heads,
   2 KV heads, intermediate 8960, vocab 151936, tied embeddings, M-RoPE sections [16, 24, 24],
   theta 1e6; vision: depth 32, embed_dim 1280, hidden_size 1536, 16 heads, mlp_ratio 4, patch 14,
-  merge 2, temporal patch 2) and the published image processor defaults, about 2.2 B parameters.
+  merge 2, temporal patch 2) and the processor's default pixel range, about 2.2 B parameters.
   Same compute and memory per token as the real model, no download: the GPU smoke test
   (``bench/gpu.sh``) uses it.
-* ``test``: the same architecture with ``tiny-qwen2vl``'s dimensions (hidden 64, 2 layers), for CPU
-  tests of the very same code path (``from_pretrained`` instead of the in-memory tiny model).
+* ``2.5-3b``: the published Qwen2.5-VL-3B(-Instruct) dimensions (text: hidden 2048, 36 layers,
+  16 heads, 2 KV heads, intermediate 11008, vocab 151936, tied embeddings, M-RoPE [16, 24, 24],
+  theta 1e6; vision: depth 32, hidden 1280, SwiGLU intermediate 3420, 16 heads, out_hidden 2048,
+  windowed attention (window 112 pixels, full attention in blocks 7, 15, 23, 31), patch 14, merge
+  2), about 3.75 B parameters: the backbone a secondary summary of the paper reports;
+  ``bench/gpu.sh`` times a LoRA step with it.
+* ``test`` and ``2.5-test``: the same architectures with ``tiny-qwen2vl``'s and
+  ``tiny-qwen2.5vl``'s dimensions (``vlm2rec.embedder.tiny.tiny_decoder_config``: hidden 64,
+  2 layers), for CPU tests of the very same code path (``from_pretrained`` instead of the
+  in-memory tiny model).
 
-The tokenizer is the project's byte-level tokenizer with the special tokens ``tiny-qwen2vl`` uses
-(ids 256..260; the 2b embedding table keeps the published 151936 rows, the unused ones included),
-the image processor ``Qwen2VLImageProcessorPil`` as in ``vlm2rec/embedder/tiny.py``. Weights come
-from transformers' own initialisation under ``torch.manual_seed(--seed)``; the same seed gives the
-same weights on the same device type (CPU and CUDA generators differ). The folder is written with
-``vlm2rec.embedder.hub.save_backbone`` plus ``random_init.json`` (preset, seed, dtype, parameter
-count, device).
+The tokenizer is the project's byte-level tokenizer with the special tokens the tiny decoders use
+(ids 256..260; the full-size embedding tables keep the published 151936 rows, the unused ones
+included), the image processor ``Qwen2VLImageProcessorPil`` (both families use it) as in
+``vlm2rec/embedder/tiny.py``. Weights come from transformers' own initialisation under
+``torch.manual_seed(--seed)``; the same seed gives the same weights on the same device type (CPU
+and CUDA generators differ). The folder is written with ``vlm2rec.embedder.hub.save_backbone``
+plus ``random_init.json`` (preset, family, seed, dtype, parameter count, device).
 
 Usage::
 
     python bench/random_qwen2vl.py --preset 2b --out /tmp/qwen2vl-2b-random   # cuda when present
-    python bench/random_qwen2vl.py --preset 2b --count-only                   # meta device, no memory
+    python bench/random_qwen2vl.py --preset 2.5-3b --count-only               # meta device, no memory
     python bench/random_qwen2vl.py --preset test --dtype fp32 --out /tmp/qwen2vl-test-random
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -37,53 +46,69 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import PreTrainedConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from vlm2rec.embedder.families import DECODER_FAMILIES
 from vlm2rec.embedder.hub import save_backbone
 from vlm2rec.embedder.tiny import (
-    FFN,
-    HEADS,
-    HIDDEN,
-    LAYERS,
-    QWEN2VL_SPECIAL_TOKENS,
     Backbone,
-    padded_vocab,
     qwen2vl_tokenizer,
+    qwen_token_ids,
+    tiny_decoder_config,
 )
 
 __all__ = [
     "DTYPES",
     "PRESETS",
+    "Preset",
     "build",
     "count_params",
     "main",
-    "qwen2vl_config",
+    "model_config",
     "write",
 ]
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
-#: preset -> (text config, vision config, image processor kwargs)
-PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
-    "2b": (
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One random checkpoint: its family (``model_type``), sub-configs and processor arguments."""
+
+    family: str
+    text: dict[str, Any]
+    vision: dict[str, Any]
+    processor: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+#: the published decoders' text config keys shared by Qwen2-VL-2B and Qwen2.5-VL-3B
+_PUBLISHED_TEXT = {
+    "vocab_size": 151936,
+    "num_key_value_heads": 2,
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-6,
+    "use_sliding_window": False,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 1000000.0,
+        "mrope_section": [16, 24, 24],  # head_dim 128 -> 64 frequencies (t, h, w)
+    },
+}
+#: the tiny models' pixel range: 56 x 56, 4 merged image tokens
+_TINY_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 56 * 56}
+
+PRESETS: dict[str, Preset] = {
+    "2b": Preset(
+        "qwen2_vl",
         {
-            "vocab_size": 151936,
+            **_PUBLISHED_TEXT,
             "hidden_size": 1536,
             "intermediate_size": 8960,
             "num_hidden_layers": 28,
             "num_attention_heads": 12,
-            "num_key_value_heads": 2,
-            "hidden_act": "silu",
             "max_position_embeddings": 32768,
             "max_window_layers": 28,
-            "rms_norm_eps": 1e-6,
-            "use_sliding_window": False,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1000000.0,
-                "mrope_section": [16, 24, 24],  # head_dim 128 -> 64 frequencies (t, h, w)
-            },
         },
         {
             "depth": 32,
@@ -96,60 +121,62 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
         },
-        {},  # the published preprocessor: min 56 x 56 pixels, max 28 x 28 x 1280
+        {},  # the processor's defaults: min 56 x 56 pixels, max 28 x 28 x 1280
     ),
-    "test": (
+    "2.5-3b": Preset(
+        "qwen2_5_vl",
         {
-            "vocab_size": padded_vocab(len(QWEN2VL_SPECIAL_TOKENS)),
-            "hidden_size": HIDDEN,
-            "intermediate_size": FFN,
-            "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 4096,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [2, 3, 3],  # head_dim 16 -> 8 frequencies
-            },
+            **_PUBLISHED_TEXT,
+            "hidden_size": 2048,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 16,
+            "max_position_embeddings": 128000,
+            "max_window_layers": 70,
         },
         {
-            "depth": 2,
-            "embed_dim": 32,
-            "hidden_size": 64,
-            "num_heads": 2,
-            "mlp_ratio": 2,
+            "depth": 32,
+            "hidden_size": 1280,
+            "intermediate_size": 3420,
+            "num_heads": 16,
+            "out_hidden_size": 2048,
+            "hidden_act": "silu",
+            "in_channels": 3,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [7, 15, 23, 31],
+            "tokens_per_second": 2,
         },
-        {"min_pixels": 56 * 56, "max_pixels": 56 * 56},  # 4 merged image tokens, as tiny-qwen2vl
+        {},
     ),
+    "test": Preset("qwen2_vl", *tiny_decoder_config("qwen2_vl"), _TINY_PIXELS),
+    "2.5-test": Preset("qwen2_5_vl", *tiny_decoder_config("qwen2_5_vl"), _TINY_PIXELS),
 }
 
 
-def qwen2vl_config(preset: str) -> Qwen2VLConfig:
-    """The model config of a preset, with the byte-level tokenizer's special-token ids."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
-    text, vision, _ = PRESETS[preset]
+def _preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    return PRESETS[name]
+
+
+def model_config(preset: str) -> PreTrainedConfig:
+    """The model config of a preset (``Qwen2VLConfig`` or ``Qwen2_5_VLConfig``), with the
+    byte-level tokenizer's special-token ids and tied embeddings."""
+    p = _preset(preset)
     tok = qwen2vl_tokenizer()
-    ids = {t: int(tok.convert_tokens_to_ids(t)) for t in QWEN2VL_SPECIAL_TOKENS}  # type: ignore[arg-type]
-    pad = ids["<|endoftext|>"]
-    return Qwen2VLConfig(
-        text_config={**text, "bos_token_id": pad, "eos_token_id": pad, "pad_token_id": pad},
-        vision_config=dict(vision),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
-    )
+    pad = int(tok.convert_tokens_to_ids("<|endoftext|>"))  # type: ignore[arg-type]
+    text = {**p.text, "bos_token_id": pad, "eos_token_id": pad, "pad_token_id": pad}
+    family = DECODER_FAMILIES[p.family]
+    return family.config(text, dict(p.vision), **qwen_token_ids(), tie_word_embeddings=True)
 
 
 def _model(preset: str, dtype: torch.dtype, device: torch.device | str) -> torch.nn.Module:
+    cls: Any = DECODER_FAMILIES[_preset(preset).family].model_class
     with torch.device(device):
-        return Qwen2VLForConditionalGeneration._from_config(qwen2vl_config(preset), dtype=dtype)
+        return cls._from_config(model_config(preset), dtype=dtype)
 
 
 def count_params(preset: str) -> int:
@@ -173,7 +200,7 @@ def build(
         torch.manual_seed(seed)
         model = _model(preset, DTYPES[dtype], device)
     model.eval()
-    processor = Qwen2VLImageProcessorPil(**PRESETS[preset][2])
+    processor = Qwen2VLImageProcessorPil(**_preset(preset).processor)
     return Backbone(model, qwen2vl_tokenizer(), processor, "decoder")  # type: ignore[arg-type]
 
 
@@ -193,6 +220,7 @@ def write(
     save_backbone(backbone.model, backbone.tokenizer, backbone.image_processor, out)
     record = {
         "preset": preset,
+        "family": _preset(preset).family,
         "seed": seed,
         "dtype": dtype,
         "device": str(device),
@@ -237,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec = write(args.preset, args.out, seed=args.seed, dtype=args.dtype, device=args.device)
     n = rec["params"]
     print(
-        f"wrote {args.out}: Qwen2-VL preset {args.preset}, {n} parameters ({_human(n)}), "
+        f"wrote {args.out}: {DECODER_FAMILIES[rec['family']].label} preset {args.preset}, "
+        f"{n} parameters ({_human(n)}), "
         f"{args.dtype}, initialised on {args.device} in {rec['build_s']} s, saved in {rec['save_s']} s"
     )
     return 0

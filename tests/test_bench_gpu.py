@@ -1,6 +1,6 @@
-"""``bench/random_qwen2vl.py`` and ``bench/gpu.sh``: the random Qwen2-VL checkpoints load and train
-through ``embedder.name = <folder>``, the 2b preset has the published size, and the GPU script
-runs end to end on CPU (``--cpu-check``).
+"""``bench/random_qwen2vl.py`` and ``bench/gpu.sh``: the random Qwen2-VL and Qwen2.5-VL checkpoints
+load and train through ``embedder.name = <folder>``, the 2b and 2.5-3b presets have the published
+sizes, and the GPU script runs end to end on CPU (``--cpu-check``).
 
 The benchmark scripts live in ``bench/`` (a folder of scripts, not a package), so they are loaded
 from their files under private module names, as in ``test_bench_smoke.py``.
@@ -40,7 +40,8 @@ rq = load("random_qwen2vl")
 def test_2b_preset_has_the_published_size() -> None:
     n = rq.count_params("2b")  # meta device: no memory
     assert 2.0e9 <= n <= 2.4e9, n
-    cfg = rq.qwen2vl_config("2b")
+    cfg = rq.model_config("2b")
+    assert cfg.model_type == "qwen2_vl"
     text, vision = cfg.text_config, cfg.vision_config
     assert (text.hidden_size, text.num_hidden_layers, text.intermediate_size) == (1536, 28, 8960)
     assert (text.num_attention_heads, text.num_key_value_heads, text.vocab_size) == (12, 2, 151936)
@@ -51,6 +52,26 @@ def test_2b_preset_has_the_published_size() -> None:
         1536,
         16,
     )
+    assert (vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size) == (14, 2, 2)
+
+
+def test_2_5_3b_preset_has_the_published_size() -> None:
+    n = rq.count_params("2.5-3b")  # meta device: no memory
+    assert 3.6e9 <= n <= 3.9e9, n  # the model card's 3.75 B
+    cfg = rq.model_config("2.5-3b")
+    assert cfg.model_type == "qwen2_5_vl" and cfg.tie_word_embeddings
+    text, vision = cfg.text_config, cfg.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.intermediate_size) == (2048, 36, 11008)
+    assert (text.num_attention_heads, text.num_key_value_heads, text.vocab_size) == (16, 2, 151936)
+    assert text.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert (vision.depth, vision.hidden_size, vision.intermediate_size, vision.num_heads) == (
+        32,
+        1280,
+        3420,
+        16,
+    )
+    assert vision.out_hidden_size == text.hidden_size  # the merger feeds the decoder
+    assert (vision.window_size, list(vision.fullatt_block_indexes)) == (112, [7, 15, 23, 31])
     assert (vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size) == (14, 2, 2)
 
 
@@ -65,15 +86,25 @@ def test_build_is_seeded() -> None:
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
 
 
+@pytest.mark.parametrize(
+    ("preset", "model_type", "fusion"),
+    [("test", "qwen2_vl", "joint"), ("2.5-test", "qwen2_5_vl", "external")],
+)
 def test_test_preset_loads_and_trains_with_lora(
-    tmp_path: Path, tiny_dataset: PreparedDataset, tiny_synthetic_config: SyntheticConfig
+    preset: str,
+    model_type: str,
+    fusion: str,
+    tmp_path: Path,
+    tiny_dataset: PreparedDataset,
+    tiny_synthetic_config: SyntheticConfig,
 ) -> None:
-    folder = tmp_path / "qwen2vl-test-random"
-    record = rq.write("test", folder, seed=0, dtype="fp32", device="cpu")
+    folder = tmp_path / f"{preset}-random"
+    record = rq.write(preset, folder, seed=0, dtype="fp32", device="cpu")
     assert json.loads((folder / "random_init.json").read_text()) == record
-    assert record["params"] == rq.count_params("test")
+    assert record["params"] == rq.count_params(preset) and record["family"] == model_type
     loaded = load_pretrained(str(folder), dtype=torch.float32)
     assert loaded.family == "decoder" and loaded.model.config.text_config.hidden_size == 64
+    assert loaded.model.config.model_type == model_type
     assert loaded.tokenizer.convert_ids_to_tokens(loaded.model.config.image_token_id) == (
         "<|image_pad|>"
     )
@@ -87,6 +118,7 @@ def test_test_preset_loads_and_trains_with_lora(
             },
             "embedder": {
                 "name": str(folder),
+                "fusion": fusion,
                 "finetune": "lora",
                 "dtype": "fp32",
                 "max_text_tokens": 32,
@@ -138,14 +170,15 @@ def test_gpu_sh_without_a_gpu_says_so() -> None:
 def test_gpu_sh_cpu_check_runs_end_to_end(tmp_path: Path) -> None:
     proc = _gpu_sh("--cpu-check", env={"OUT": str(tmp_path)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for stage in ("1 random", "2 synthetic", "3 smoke training", "4 bench/step.py", "5 bench/eval"):
+    stages = ("1 random", "2 synthetic", "3 smoke training", "4 bench/step.py", "5 bench/eval")
+    for stage in (*stages, "6 random Qwen2.5-VL", "7 bench/step.py Qwen2.5-VL"):
         assert f"==== {stage}" in proc.stdout
     smoke = json.loads((tmp_path / "gpu_smoke.json").read_text())
     assert smoke["mode"] == "cpu-check" and smoke["workers"] == 1
     assert smoke["headline"]["unit"] == "s" and smoke["headline"]["value"] > 0
     assert smoke["model"]["preset"] == "test"
     # every time is rounded to 0.1 s, so the total may fall short of the sum by rounding alone
-    assert len(smoke["stages_s"]) == 5
+    assert len(smoke["stages_s"]) == 7
     assert smoke["total_s"] >= sum(smoke["stages_s"].values()) - 0.5
     (epoch,) = smoke["train_losses"]
     assert math.isfinite(epoch["train/loss"])
@@ -154,3 +187,11 @@ def test_gpu_sh_cpu_check_runs_end_to_end(tmp_path: Path) -> None:
     assert step["settings"]["device"] == "cpu" and "qwen2vl-test-random" in step["results"]
     evaluation = json.loads((tmp_path / "eval_fp32.json").read_text())
     assert evaluation["settings"]["dtype"] == "fp32"
+    step25 = json.loads((tmp_path / "step_qwen2.5vl_fp32.json").read_text())
+    assert "embedder.fusion=external" in step25["settings"]["overrides"]
+    (result,) = step25["results"].values()
+    assert result["trainable_params"] > 0 and math.isfinite(
+        result["variants"]["vlm2rec"]["first_loss"]
+    )
+    assert smoke["model_qwen2.5vl"]["preset"] == "2.5-test"
+    assert smoke["model_qwen2.5vl"]["family"] == "qwen2_5_vl"

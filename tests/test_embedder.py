@@ -1,5 +1,6 @@
-"""Embedder backends on the tiny offline models: views, padding, processor equality, LoRA wiring,
-save round-trip, determinism, gradients, sequences and the catalogue pass."""
+"""Embedder backends on the tiny offline models (the three decoder families and the two dual
+encoders): views, padding, processor equality, LoRA wiring, a training step, save round-trip,
+determinism, gradients, sequences, external fusion, fusion checks and the catalogue pass."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm2rec.config import EmbedderConfig
+from vlm2rec.config import ConfigError, EmbedderConfig, LossConfig
 from vlm2rec.data.catalogue import Catalogue
+from vlm2rec.data.loader import SequenceBatch
 from vlm2rec.embedder import (
     VIEWS,
     DecoderEmbedder,
@@ -24,8 +26,12 @@ from vlm2rec.embedder import (
     build_embedder,
     encode_catalogue,
 )
+from vlm2rec.embedder.lora import unwrap
+from vlm2rec.embedder.pooling import l2_normalise
+from vlm2rec.train import _loss_parts
 
-BACKENDS = ["tiny-qwen2vl", "tiny-clip", "tiny-siglip"]
+DECODERS = ["tiny-qwen2vl", "tiny-qwen2.5vl", "tiny-qwen3vl"]
+BACKENDS = [*DECODERS, "tiny-clip", "tiny-siglip"]
 NO_IMAGE, NO_TEXT = 3, 5  # item 3 has no image, item 5 no text
 
 
@@ -106,8 +112,9 @@ def test_missing_image_gives_zero_image_row_and_text_only_both(name: str) -> Non
     assert torch.isfinite(no_text).all() and torch.allclose(no_text.norm(), torch.tensor(1.0))
 
 
-def test_decoder_left_and_right_padding_give_the_same_embedding() -> None:
-    emb = _build("tiny-qwen2vl")
+@pytest.mark.parametrize("name", DECODERS)
+def test_decoder_left_and_right_padding_give_the_same_embedding(name: str) -> None:
+    emb = _build(name)
     assert isinstance(emb, DecoderEmbedder)
     prompts, images = [], []
     for item, view in ((1, "both"), (4, "text"), (2, "image"), (6, "both")):
@@ -124,23 +131,46 @@ def test_decoder_left_and_right_padding_give_the_same_embedding() -> None:
     assert torch.allclose(left[1], alone[0], atol=1e-5)  # no dependence on batch neighbours
 
 
-def test_decoder_inputs_equal_the_qwen2vl_processor() -> None:
+def _family_processor(name: str, image_processor: Any, tokenizer: Any) -> Any:
+    """The family's own processor (``Qwen2VLProcessor``, ``Qwen2_5_VLProcessor`` or
+    ``Qwen3VLProcessor``) without its video processor, which needs torchvision."""
+    from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
     from transformers.processing_utils import ProcessorMixin
 
-    class ImageTextProcessor(Qwen2VLProcessor):
-        """Qwen2VLProcessor without its video processor (which needs torchvision)."""
+    cls = {
+        "tiny-qwen2vl": Qwen2VLProcessor,
+        "tiny-qwen2.5vl": Qwen2_5_VLProcessor,
+        "tiny-qwen3vl": Qwen3VLProcessor,
+    }[name]
 
-        def __init__(self, image_processor: object, tokenizer: object) -> None:
-            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)  # type: ignore[attr-defined]
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)  # type: ignore[attr-defined]
+    class ImageTextProcessor(cls):  # type: ignore[valid-type,misc]
+        # ProcessorMixin reads its parts from this signature: image processor and tokenizer only
+        def __init__(self, image_processor: Any, tokenizer: Any) -> None:
+            # what the families' __init__ read from the tokenizer (Qwen3-VL: the brackets too)
+            for attr, token in (
+                ("image_token", "<|image_pad|>"),
+                ("video_token", "<|video_pad|>"),
+                ("vision_start_token", "<|vision_start|>"),
+                ("vision_end_token", "<|vision_end|>"),
+            ):
+                setattr(self, attr, token)
+                setattr(self, f"{attr}_id", tokenizer.convert_tokens_to_ids(token))
             ProcessorMixin.__init__(self, image_processor, tokenizer)
 
+    return ImageTextProcessor(image_processor, tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("name", "factor"), [("tiny-qwen2vl", 28), ("tiny-qwen2.5vl", 28), ("tiny-qwen3vl", 32)]
+)
+def test_decoder_inputs_equal_the_family_processor(name: str, factor: int) -> None:
     catalogue = _catalogue(images={2: _png(7, side=90), 4: _png(8, side=33)})  # two grid sizes
-    emb = _build("tiny-qwen2vl", catalogue, max_pixels=84 * 84)
+    cap = (3 * factor) ** 2  # a 3 x 3 grid of merged patches at most
+    emb = _build(name, catalogue, max_pixels=cap)
     assert isinstance(emb, DecoderEmbedder)
-    processor = ImageTextProcessor(emb.image_processor, emb.tokenizer)
+    processor = _family_processor(name, emb.image_processor, emb.tokenizer)
     one_pad = "<|vision_start|><|image_pad|><|vision_end|>"
     prompts = [
         f"{one_pad}Title: red ball",
@@ -149,12 +179,13 @@ def test_decoder_inputs_equal_the_qwen2vl_processor() -> None:
     ]
     items = [1, 2, 4]  # the images in prompt order
     pil = [Image.open(io.BytesIO(catalogue.images[i])).convert("RGB") for i in items]  # type: ignore[arg-type]
+    shortest = emb.image_processor.size["shortest_edge"]
     expected = processor(
         text=prompts,
         images=pil,
         return_tensors="pt",
         padding=True,
-        size={"shortest_edge": 56 * 56, "longest_edge": 84 * 84},
+        size={"shortest_edge": shortest, "longest_edge": cap},
     )
     ours_prompts, queue = [], iter(items)
     for prompt in prompts:  # our side: each placeholder already expanded from the cached grid
@@ -166,9 +197,34 @@ def test_decoder_inputs_equal_the_qwen2vl_processor() -> None:
     for key in ours:
         assert torch.equal(ours[key], expected[key].to(ours[key].dtype)), key
     assert len({tuple(g) for g in ours["image_grid_thw"].tolist()}) > 1
+    assert ours["pixel_values"].shape[1] == 3 * 2 * (factor // 2) ** 2  # C x T x patch x patch
 
 
-# rank 4 x (in + out) per adapted projection; hidden 64, Qwen2-VL k/v project to 2 kv heads x 16
+@pytest.mark.parametrize("name", DECODERS)
+def test_cached_vision_features_equal_the_models_own_vision_pass(name: str) -> None:
+    # Frozen vision: prompts read the per-item cache (Qwen3-VL's deepstack levels included)
+    # instead of running the tower; the model's own pass over pixel_values must agree.
+    emb = _build(name)
+    assert isinstance(emb, DecoderEmbedder) and emb.vision_frozen
+    prompts, images = [], []
+    for item, view in ((1, "both"), (2, "image"), (4, "text")):
+        prompt, imgs = emb.item_prompt(item, view)  # type: ignore[arg-type]
+        prompts.append(prompt)
+        images += imgs
+    prompts.append(emb.sequence_prompt([1, 2, 4])[0])
+    images += emb.sequence_prompt([1, 2, 4])[1]
+    with torch.no_grad():
+        cached = emb.encode_prompts(prompts, images)
+        emb.vision_frozen = False  # the model runs its vision tower on the pixels
+        direct = emb.encode_prompts(prompts, images)
+    assert torch.allclose(cached, direct, atol=1e-5)
+    features = emb.image_features([1])[0]
+    assert len(features) == (3 if name == "tiny-qwen3vl" else 1)  # merged + 2 deepstack levels
+    assert all(f.shape == (4, emb.dim) for f in features)  # 4 merged patches per tiny image
+
+
+# rank 4 x (in + out) per adapted projection; hidden 64, k/v project to 2 kv heads x 16 (all three
+# decoder families: Qwen3-VL's explicit head_dim is 16 too)
 QWEN_LAYER = 4 * ((64 + 64) + (64 + 32) + (64 + 32) + (64 + 64))  # q, k, v, o
 DUAL_LAYER = 4 * 3 * (64 + 64)  # q, k, v (CLIP/SigLIP call the output projection out_proj)
 
@@ -177,6 +233,8 @@ DUAL_LAYER = 4 * 3 * (64 + 64)  # q, k, v (CLIP/SigLIP call the output projectio
     ("name", "tensors", "numel"),
     [
         ("tiny-qwen2vl", 2 * 4 * 2, 2 * QWEN_LAYER),
+        ("tiny-qwen2.5vl", 2 * 4 * 2, 2 * QWEN_LAYER),
+        ("tiny-qwen3vl", 2 * 4 * 2, 2 * QWEN_LAYER),
         ("tiny-clip", 2 * 3 * 2, 2 * DUAL_LAYER),
         ("tiny-siglip", 2 * 3 * 2, 2 * DUAL_LAYER),
     ],
@@ -188,19 +246,27 @@ def test_lora_trains_only_language_adapters(name: str, tensors: int, numel: int)
     assert sum(p.numel() for p in trainable.values()) == numel
     assert all("lora_" in n for n in trainable)
     assert not any("visual" in n or "vision" in n for n in trainable)
+    if name in DECODERS:  # only the decoder's attention projections, never the vision tower's
+        assert all(".language_model.layers." in n and "_proj.lora_" in n for n in trainable)
     frozen = [p for n, p in emb.named_parameters() if "lora_" not in n]
     assert frozen and not any(p.requires_grad for p in frozen)
     assert set(emb.trainable_state_dict()) == set(trainable)
 
 
-def test_finetune_modes_and_vision_switch() -> None:
-    full = _build("tiny-qwen2vl", finetune="full")
+@pytest.mark.parametrize("name", DECODERS)
+def test_decoder_finetune_modes_and_vision_switch(name: str) -> None:
+    full = _build(name, finetune="full")
     names = [n for n, p in full.named_parameters() if p.requires_grad]
     assert names and not any(".visual." in n or "lm_head" in n for n in names)
-    unfrozen = _build("tiny-qwen2vl", finetune="lora", freeze_vision=False)
+    assert any(".language_model." in n for n in names)
+    unfrozen = _build(name, finetune="lora", freeze_vision=False)
     names = [n for n, p in unfrozen.named_parameters() if p.requires_grad]
     assert any(".visual." in n for n in names) and any("lora_" in n for n in names)
-    assert not any(p.requires_grad for p in _build("tiny-qwen2vl", finetune="frozen").parameters())
+    assert isinstance(unfrozen, DecoderEmbedder) and not unfrozen.vision_frozen
+    assert not any(p.requires_grad for p in _build(name, finetune="frozen").parameters())
+
+
+def test_finetune_modes_of_the_dual_encoders() -> None:
     head = [
         n
         for n, p in _build("tiny-clip", finetune="frozen", fusion="concat_proj").named_parameters()
@@ -232,13 +298,21 @@ def _perturb_trainables(emb: Embedder) -> None:
 
 @pytest.mark.parametrize(
     ("name", "fusion"),
-    [("tiny-qwen2vl", "mean"), ("tiny-clip", "concat_proj"), ("tiny-siglip", "mean")],
+    [
+        ("tiny-qwen2vl", "joint"),
+        ("tiny-qwen2.5vl", "external"),
+        ("tiny-qwen3vl", "joint"),
+        ("tiny-qwen3vl", "external"),
+        ("tiny-clip", "concat_proj"),
+        ("tiny-siglip", "auto"),
+    ],
 )
 def test_save_pretrained_round_trip(name: str, fusion: str, tmp_path: Path) -> None:
     fresh = _build(name, fusion=fusion)
     fresh.save_pretrained(tmp_path / "fresh")
     loaded = _build(str(tmp_path / "fresh"), fusion=fusion)
     assert type(loaded) is type(fresh)
+    assert type(unwrap(loaded.backbone)) is type(unwrap(fresh.backbone))  # the family's class
     a, b = fresh.state_dict(), loaded.state_dict()
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # exact, LoRA B = 0
     trained = _build(name, fusion=fusion)
@@ -296,11 +370,12 @@ def test_both_view_gradients_reach_image_and_text_paths(name: str) -> None:
     assert all(g > 0 for n, g in grads.items() if "lora_B" in n)
 
 
-def test_decoder_lora_gets_image_dependent_gradients_with_frozen_vision() -> None:
+@pytest.mark.parametrize("name", DECODERS)
+def test_decoder_lora_gets_image_dependent_gradients_with_frozen_vision(name: str) -> None:
     # The vision tower has no trainable weights, so the image path reaches training only through
     # the LoRA'd attention over image tokens: the image view (no title/text, identical prompt text)
     # of two items must give different, non-zero LoRA gradients.
-    emb = _build("tiny-qwen2vl", finetune="lora", freeze_vision=True)
+    emb = _build(name, finetune="lora", freeze_vision=True)
     target = torch.randn(emb.dim, generator=torch.Generator().manual_seed(0))
     per_item = []
     for item in (1, 2):
@@ -401,7 +476,7 @@ def test_dual_is_dual_and_config_is_frozen() -> None:
         emb.cfg.name = "x"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2vl", "tiny-clip"])
+@pytest.mark.parametrize("name", [*DECODERS, "tiny-clip"])
 def test_bf16_weights_still_give_float32_normalised_outputs(name: str) -> None:
     full, half = _build(name), _build(name, dtype="bf16")
     assert next(half.parameters()).dtype == torch.bfloat16
@@ -413,8 +488,9 @@ def test_bf16_weights_still_give_float32_normalised_outputs(name: str) -> None:
     assert (ref * got).sum(dim=1).min() > 0.95  # same function up to bf16 rounding
 
 
-def test_gradient_checkpointing_gives_the_same_gradients() -> None:
-    plain, ckpt = _build("tiny-qwen2vl"), _build("tiny-qwen2vl", gradient_checkpointing=True)
+@pytest.mark.parametrize("name", DECODERS)
+def test_gradient_checkpointing_gives_the_same_gradients(name: str) -> None:
+    plain, ckpt = _build(name), _build(name, gradient_checkpointing=True)
     target = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))
     grads = []
     for emb in (plain, ckpt):
@@ -423,3 +499,132 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         grads.append(_grad_norms(emb, loss))
     assert grads[0].keys() == grads[1].keys() and grads[0]
     assert all(abs(grads[0][k] - grads[1][k]) <= 1e-5 * (1 + grads[0][k]) for k in grads[0])
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_cached_vision_features_do_not_depend_on_which_batch_asked_first(name: str) -> None:
+    # Batched vision passes round differently per batch; the cache fills fixed blocks of ids, so
+    # an item's features are the same bits in any run (what bit-exact resume relies on).
+    a, b = _build(name), _build(name)
+    assert isinstance(a, DecoderEmbedder) and isinstance(b, DecoderEmbedder)
+    together = a.image_features([1, 2, 4, 5, 6])
+    one_by_one = [b.image_features([i])[0] for i in (1, 2, 4, 5, 6)]
+    pairs = zip(together, one_by_one, strict=True)
+    assert all(torch.equal(x, y) for fa, fb in pairs for x, y in zip(fa, fb, strict=True))
+    assert len(a._features) == 5  # the whole block: items 1, 2, 4, 5, 6 (item 3 has no image)
+
+
+def _batch(histories: list[list[int]], targets: list[int]) -> SequenceBatch:
+    h = torch.tensor(histories)
+    return SequenceBatch(h, h != 0, torch.tensor(targets), torch.arange(len(targets)))
+
+
+@pytest.mark.parametrize(
+    ("name", "fusion"), [(n, f) for n in DECODERS for f in ("joint", "external")]
+)
+def test_decoder_training_step_moves_lora_and_changes_the_embedding(name: str, fusion: str) -> None:
+    # One step of the training loop's loss (sequence + three views, WPCL + CRTR) and AdamW.
+    emb = _build(name, fusion=fusion, lora_rank=4)
+    batch = _batch([[0, 1, 2], [2, 4, 5], [0, 0, 6], [1, 3, 4]], [4, 6, 1, 2])
+    trainable = {n: p for n, p in emb.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    with torch.no_grad():
+        ref = emb.encode_items(_ids(1, 2), "both")
+    loss = _loss_parts(emb, batch, LossConfig(gather=False))["loss"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(
+        p.grad is not None and p.grad.norm() > 0 for n, p in trainable.items() if "lora_B" in n
+    )
+    torch.optim.AdamW(list(trainable.values()), lr=1e-2).step()
+    moved = [n for n, p in trainable.items() if not torch.equal(p.detach(), before[n])]
+    assert any("lora_B" in n for n in moved)
+    with torch.no_grad():
+        assert not torch.allclose(emb.encode_items(_ids(1, 2), "both"), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_external_both_is_the_normalised_sum_of_the_single_views(name: str) -> None:
+    emb = _build(name, fusion="external")
+    joint = _build(name, fusion="joint")  # same seed: the same weights
+    ids = _ids(1, 2, NO_IMAGE, 4, NO_TEXT, 6)
+    histories = torch.tensor([[0, 1, 2], [0, 0, 0], [4, 5, 6], [0, 0, NO_IMAGE]])
+    with torch.no_grad():
+        views = {v: emb.encode_items(ids, v) for v in VIEWS}
+        together = emb.encode_views(ids)
+        seq = emb.encode_sequences(histories)
+        assert isinstance(emb, DecoderEmbedder)
+        rows = emb.check_histories(histories)
+        text_h = emb.encode_prompts([emb.sequence_prompt(r, "text")[0] for r in rows], [])
+        with_images = [r for r in rows if emb.history_images(r)]
+        prompts, images = zip(*(emb.sequence_prompt(r, "image") for r in with_images), strict=True)
+        image_h = emb.encode_prompts(list(prompts), [i for imgs in images for i in imgs])
+        joint_views = {v: joint.encode_items(ids, v) for v in VIEWS}
+        joint_seq = joint.encode_sequences(histories)
+    expected = l2_normalise(views["text"] + views["image"])
+    assert torch.allclose(views["both"], expected, atol=1e-6)
+    assert torch.allclose(views["both"][2], views["text"][2], atol=1e-6)  # no image: text only
+    assert all(torch.allclose(together[v], views[v], atol=1e-6) for v in VIEWS)
+    # the single views are the joint mode's; only the fused view and the sequences differ
+    for v in ("text", "image"):
+        assert torch.allclose(views[v], joint_views[v], atol=1e-6)
+    assert not torch.allclose(views["both"][0], joint_views["both"][0], atol=1e-3)
+    # histories 0 and 2 have a recent image; 1 (padding) and 3 (item without image) are text only
+    image_rows = torch.zeros_like(text_h)
+    image_rows[[0, 2]] = image_h
+    assert torch.allclose(seq, l2_normalise(text_h + image_rows), atol=1e-6)
+    assert torch.allclose(seq[[1, 3]], text_h[[1, 3]], atol=1e-6)
+    assert not torch.allclose(seq[0], joint_seq[0], atol=1e-3)
+
+
+@pytest.mark.parametrize(("fusion", "passes"), [("joint", 3), ("external", 2)])
+def test_training_forward_costs_two_item_passes_under_external_fusion(
+    fusion: str, passes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emb = _build("tiny-qwen3vl", fusion=fusion)
+    assert isinstance(emb, DecoderEmbedder)
+    calls: list[int] = []
+    real = DecoderEmbedder.encode_prompts
+
+    def counted(self: DecoderEmbedder, prompts: list[str], *args: Any, **kw: Any) -> torch.Tensor:
+        calls.append(len(prompts))
+        return real(self, prompts, *args, **kw)
+
+    monkeypatch.setattr(DecoderEmbedder, "encode_prompts", counted)
+    u, v = emb(torch.tensor([[0, 1, 2], [0, 4, 6]]), _ids(1, 2, 4))
+    assert set(v) == set(VIEWS) and u.shape == (2, emb.dim)
+    sequence_passes = 1 if fusion == "joint" else 2  # external: text and image histories
+    assert len(calls) == sequence_passes + passes
+    grads = _grad_norms(emb, (v["both"] * torch.ones_like(v["both"])).sum())
+    assert any(g > 0 for n, g in grads.items() if "lora_B" in n)  # both reaches LoRA
+
+
+@pytest.mark.parametrize(
+    ("name", "fusion", "expected"),
+    [
+        ("tiny-qwen2vl", "mean", "auto, joint, external"),
+        ("tiny-qwen3vl", "concat_proj", "auto, joint, external"),
+        ("tiny-clip", "external", "auto, mean, concat_proj"),
+        ("tiny-siglip", "joint", "auto, mean, concat_proj"),
+    ],
+)
+def test_fusion_of_the_other_family_is_a_config_error(
+    name: str, fusion: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"^embedder\.fusion: ") as err:
+        _build(name, fusion=fusion)
+    assert expected in str(err.value) and repr(fusion) in str(err.value)
+
+
+def test_fusion_auto_means_joint_for_decoders_and_mean_for_dual_encoders() -> None:
+    auto, joint = _build("tiny-qwen2.5vl"), _build("tiny-qwen2.5vl", fusion="joint")
+    assert isinstance(auto, DecoderEmbedder) and auto.fusion == "joint"
+    dual_auto, dual_mean = _build("tiny-clip"), _build("tiny-clip", fusion="mean")
+    assert isinstance(dual_auto, DualEmbedder) and dual_auto.fusion is None  # no learned head
+    with torch.no_grad():
+        assert torch.equal(
+            auto.encode_items(_ids(1, 2), "both"), joint.encode_items(_ids(1, 2), "both")
+        )
+        assert torch.equal(
+            dual_auto.encode_items(_ids(1, 2), "both"), dual_mean.encode_items(_ids(1, 2), "both")
+        )

@@ -131,10 +131,11 @@ class DataConfig:
 class EmbedderConfig:
     """The VLM used as item and sequence encoder (METHOD.md §2)."""
 
-    name: str = "tiny-qwen2vl"  #: tiny-qwen2vl | tiny-clip | tiny-siglip | hub id | local folder
-    fusion: Literal["mean", "concat_proj"] = (
-        "mean"  #: dual encoders: how text+image make the `both` view
-    )
+    #: tiny-qwen2vl | tiny-qwen2.5vl | tiny-qwen3vl | tiny-clip | tiny-siglip | hub id | local folder
+    name: str = "tiny-qwen2vl"
+    #: how text+image make the `both` view: decoder VLMs joint | external, dual encoders
+    #: mean | concat_proj (checked against the model's family when it is built); auto = joint / mean
+    fusion: Literal["auto", "joint", "external", "mean", "concat_proj"] = "auto"
     finetune: Literal["lora", "full", "frozen"] = (
         "lora"  #: LoRA adapters, all weights, or nothing trained
     )

@@ -1,8 +1,10 @@
 """VLM item and sequence embedders (METHOD.md §2): the protocol, the backends and the factory.
 
 ``build_embedder(cfg, catalogue, seed=...)`` picks the backend from ``embedder.name``: a ``tiny-*``
-offline model, or a hub id / local folder loaded with ``from_pretrained`` (Qwen2-VL -> decoder
-embedder; CLIP, SigLIP -> dual encoder). ``encode_catalogue`` embeds every item once per evaluation.
+offline model, or a hub id / local folder loaded with ``from_pretrained`` and dispatched on its
+``model_type`` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL -> decoder embedder; CLIP, SigLIP -> dual encoder),
+and checks ``embedder.fusion`` against that backend. ``encode_catalogue`` embeds every item once
+per evaluation.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import torch
 
 from vlm2rec.config import EmbedderConfig
 from vlm2rec.data.catalogue import Catalogue
-from vlm2rec.embedder.base import VIEWS, Embedder, View, resolve_dtype
+from vlm2rec.embedder.base import FUSIONS, VIEWS, Embedder, View, resolve_dtype
 from vlm2rec.embedder.decoder import DecoderEmbedder
 from vlm2rec.embedder.dual import DualEmbedder
 from vlm2rec.embedder.hub import EmbedderLoadError, load_pretrained
 from vlm2rec.embedder.tiny import TINY_MODELS, build_tiny
 
 __all__ = [
+    "FUSIONS",
     "TINY_MODELS",
     "VIEWS",
     "DecoderEmbedder",

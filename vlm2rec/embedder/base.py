@@ -13,12 +13,34 @@ from typing import Literal, get_args
 
 import torch
 
+from vlm2rec.config import ConfigError
 from vlm2rec.data.catalogue import Catalogue
 
-__all__ = ["VIEWS", "Embedder", "View", "resolve_dtype"]
+__all__ = ["FUSIONS", "VIEWS", "Embedder", "View", "resolve_dtype", "resolve_fusion"]
 
 View = Literal["both", "text", "image"]
 VIEWS: tuple[View, ...] = get_args(View)
+
+#: ``embedder.fusion`` values per backend kind, the first one being what ``auto`` means
+FUSIONS: dict[str, tuple[str, ...]] = {
+    "decoder": ("joint", "external"),
+    "dual": ("mean", "concat_proj"),
+}
+
+
+def resolve_fusion(fusion: str, kind: str, model: str) -> str:
+    """``embedder.fusion`` for a backend kind (``decoder`` or ``dual``): ``auto`` becomes the kind's
+    default, a value of the other kind is a :class:`ConfigError` naming the valid ones."""
+    valid = FUSIONS[kind]
+    if fusion == "auto":
+        return valid[0]
+    if fusion not in valid:
+        what = "a decoder VLM" if kind == "decoder" else "a dual encoder"
+        raise ConfigError(
+            f"embedder.fusion: {model!r} is {what}, which takes one of auto, "
+            f"{', '.join(valid)} (auto = {valid[0]}), got {fusion!r}"
+        )
+    return fusion
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -66,12 +88,21 @@ class Embedder(torch.nn.Module, abc.ABC):
         """Write a plain transformers checkpoint (LoRA merged in), tokenizer and image processor,
         such that ``embedder.name = folder`` rebuilds the same function."""
 
+    def encode_views(
+        self, item_ids: torch.Tensor, views: tuple[View, ...] = VIEWS
+    ) -> dict[str, torch.Tensor]:
+        """Several views of the same items: ``{v: encode_items(ids, v)}``, each float32 ``[N, D]``.
+
+        A backend whose fused view is built from its single views overrides this to share the
+        forward passes between the views (the decoder's external fusion)."""
+        return {v: self.encode_items(item_ids, v) for v in views}
+
     def forward(
         self, histories: torch.Tensor, item_ids: torch.Tensor, views: tuple[View, ...] = VIEWS
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sequences and item views in one call, so that ``DistributedDataParallel`` (which hooks
-        ``forward``) can wrap an embedder: ``(encode_sequences(h), {v: encode_items(ids, v)})``."""
-        return self.encode_sequences(histories), {v: self.encode_items(item_ids, v) for v in views}
+        ``forward``) can wrap an embedder: ``(encode_sequences(h), encode_views(ids, views))``."""
+        return self.encode_sequences(histories), self.encode_views(item_ids, views)
 
     @property
     def device(self) -> torch.device:

@@ -2,9 +2,9 @@ r"""Dual-encoder embedder (CLIP, SigLIP): two towers, one fused view.
 
 Reading of [paper] §2 for the cheaper family. ``text`` view = normalised text-tower output of the
 item text (title, then text); ``image`` view = normalised image-tower output (a zero row for an
-item without image); ``both`` = fusion of the two (``embedder.fusion``: variants ``mean`` and
-``concat_proj``, see :mod:`vlm2rec.embedder.pooling`), where a missing image enters as zero so
-the result is the text-only input.
+item without image); ``both`` = fusion of the two (``embedder.fusion``: variants ``mean``, which
+``auto`` means here, and ``concat_proj``, see :mod:`vlm2rec.embedder.pooling`), where a missing
+image enters as zero so the result is the text-only input.
 
 Sequences: the text tower over the history lines (oldest first, tail kept within the token
 budget), the image tower's normalised outputs averaged over the ``images_per_history`` most recent
@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from vlm2rec.config import EmbedderConfig
 from vlm2rec.data.catalogue import Catalogue
-from vlm2rec.embedder.base import Embedder, View
+from vlm2rec.embedder.base import Embedder, View, resolve_fusion
 from vlm2rec.embedder.hub import save_backbone
 from vlm2rec.embedder.images import ImageCache
 from vlm2rec.embedder.lora import configure_finetuning, merged_copy, unwrap
@@ -77,6 +77,7 @@ class DualEmbedder(Embedder):
         folder: str | None = None,
     ) -> None:
         super().__init__()
+        mode = resolve_fusion(cfg.fusion, "dual", cfg.name)  # a decoder's value fails here, first
         self.cfg, self.catalogue, self.family = cfg, catalogue, backbone.family
         if cfg.gradient_checkpointing:
             backbone.model.gradient_checkpointing_enable({"use_reentrant": False})
@@ -108,7 +109,7 @@ class DualEmbedder(Embedder):
         self.images = ImageCache(
             catalogue.images, self.image_processor, self._resize_kwargs(config)
         )
-        self.fusion = _fusion_head(self.dim) if cfg.fusion == "concat_proj" else None
+        self.fusion = _fusion_head(self.dim) if mode == "concat_proj" else None
         if self.fusion is not None and folder is not None and (Path(folder) / FUSION_FILE).exists():
             self.fusion.load_state_dict(load_file(str(Path(folder) / FUSION_FILE)))
 

@@ -18,17 +18,19 @@ from transformers import (
     AutoTokenizer,
     CLIPModel,
     PreTrainedModel,
-    Qwen2VLForConditionalGeneration,
     SiglipModel,
 )
 
+from vlm2rec.embedder.families import DECODER_FAMILIES
 from vlm2rec.embedder.tiny import Backbone
 
 __all__ = ["FAMILIES", "EmbedderLoadError", "load_pretrained", "save_backbone"]
 
-# model_type in config.json -> (family, model class)
+# model_type in config.json -> (family, model class); the decoder families are Qwen2-VL,
+# Qwen2.5-VL and Qwen3-VL (``families.DECODER_FAMILIES``), so a hub id and a local folder of any
+# of them load the same way
 FAMILIES: dict[str, tuple[str, type[PreTrainedModel]]] = {
-    "qwen2_vl": ("decoder", Qwen2VLForConditionalGeneration),
+    **{t: ("decoder", f.model_class) for t, f in DECODER_FAMILIES.items()},
     "clip": ("clip", CLIPModel),
     "siglip": ("siglip", SiglipModel),
 }

@@ -1,14 +1,19 @@
 """Tiny offline models: real transformers architectures with a few hundred thousand random weights.
 
-``tiny-qwen2vl`` (decoder VLM), ``tiny-clip`` and ``tiny-siglip`` (dual encoders) are built from a
-transformers config, an in-memory byte-level tokenizer and the family's PIL image processor: no
-file, no network, and the same ``seed`` always gives the same weights. They are the embedded default
-and the test models; sizes are chosen to run fast on one CPU core (hidden 64, 2 layers, 4 heads).
+``tiny-qwen2vl``, ``tiny-qwen2.5vl``, ``tiny-qwen3vl`` (decoder VLMs), ``tiny-clip`` and
+``tiny-siglip`` (dual encoders) are built from a transformers config, an in-memory byte-level
+tokenizer and the family's PIL image processor: no file, no network, and the same ``seed`` always
+gives the same weights. They are the embedded default and the test models; sizes are chosen to run
+fast on one CPU core (hidden 64, 2 layers, 4 heads; 4 image tokens per image for the decoders).
+The three decoders share the decoder sizes and differ where their families differ (see
+:func:`tiny_decoder_config` and :mod:`vlm2rec.embedder.families`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,8 +22,6 @@ from transformers import (
     CLIPModel,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
     SiglipConfig,
     SiglipModel,
 )
@@ -26,6 +29,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
+from vlm2rec.embedder.families import DECODER_FAMILIES
 from vlm2rec.embedder.tokenizer import BYTE_VOCAB, byte_level_tokenizer
 
 __all__ = [
@@ -35,13 +39,14 @@ __all__ = [
     "build_tiny",
     "padded_vocab",
     "qwen2vl_tokenizer",
+    "qwen_token_ids",
+    "tiny_decoder_config",
 ]
 
-TINY_MODELS = ("tiny-qwen2vl", "tiny-clip", "tiny-siglip")
+TINY_MODELS = ("tiny-qwen2vl", "tiny-qwen2.5vl", "tiny-qwen3vl", "tiny-clip", "tiny-siglip")
 HIDDEN, LAYERS, HEADS, FFN = 64, 2, 4, 128
-QWEN_IMAGE_SIDE = 56  # a multiple of patch 14 x merge 2: 4x4 patches -> 4 image tokens
 DUAL_IMAGE_SIDE, DUAL_PATCH = 32, 8  # 4x4 patches, the synthetic benchmark's native side
-#: the special tokens of the decoder VLM's tokenizer (Qwen2-VL's names)
+#: the special tokens of the decoder VLMs' tokenizer (the names Qwen2-VL, Qwen2.5-VL and Qwen3-VL share)
 QWEN2VL_SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|vision_start|>",
@@ -77,50 +82,94 @@ def qwen2vl_tokenizer() -> PreTrainedTokenizerBase:
     )
 
 
-def _tiny_qwen2vl(image_side: int) -> Backbone:
-    specials = QWEN2VL_SPECIAL_TOKENS
+def qwen_token_ids() -> dict[str, Any]:
+    """The special-token ids every Qwen-VL config names (``image_token_id``, ...), as the
+    byte-level tokenizer of :func:`qwen2vl_tokenizer` assigns them."""
     tok = qwen2vl_tokenizer()
-    ids = {t: int(tok.convert_tokens_to_ids(t)) for t in specials}  # type: ignore[arg-type]
-    pad = ids["<|endoftext|>"]
-    text = {
-        "vocab_size": padded_vocab(len(specials)),
+    ids = {t: int(tok.convert_tokens_to_ids(t)) for t in QWEN2VL_SPECIAL_TOKENS}  # type: ignore[arg-type]
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def _qwen_text(mrope_section: list[int], **extra: Any) -> dict[str, Any]:
+    """Decoder config shared by the three tiny Qwen-VL families: hidden 64, 2 layers, 4 heads of
+    16 (2 KV heads); ``mrope_section`` splits the 8 rotary frequencies over (t, h, w)."""
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section}
+    return {
+        "vocab_size": padded_vocab(len(QWEN2VL_SPECIAL_TOKENS)),
         "hidden_size": HIDDEN,
         "intermediate_size": FFN,
         "num_hidden_layers": LAYERS,
         "num_attention_heads": HEADS,
         "num_key_value_heads": 2,
         "max_position_embeddings": 4096,
-        # head_dim 16 -> 8 rotary frequencies split over (temporal, height, width)
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": [2, 3, 3],
-        },
-        "bos_token_id": pad,
-        "eos_token_id": pad,
-        "pad_token_id": pad,
+        "rope_parameters": rope,
+        **extra,
     }
-    vision = {
+
+
+def tiny_decoder_config(model_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(text_config, vision_config)`` of a tiny decoder family (``qwen2_vl``, ``qwen2_5_vl``,
+    ``qwen3_vl``), without token ids; also ``bench/random_qwen2vl.py``'s test presets.
+
+    * Qwen2-VL: a LayerNorm + GELU-MLP vision tower of width ``embed_dim`` (``mlp_ratio``), whose
+      merger outputs ``hidden_size`` (the decoder's width).
+    * Qwen2.5-VL: RMSNorm + SwiGLU vision blocks of width ``hidden_size`` with a separate
+      ``out_hidden_size``, and windowed attention: ``window_size`` 28 pixels is one merged 2x2
+      patch group per window in block 0, full attention in block 1 (``fullatt_block_indexes``; the
+      published model alternates 7 windowed blocks with 1 full one).
+    * Qwen3-VL: patch 16, a learned 4x4 position grid (``num_position_embeddings``, interpolated to
+      each image), deepstack features from both vision blocks added after decoder layers 0 and 1;
+      a decoder with q/k RMSNorm, no attention bias, an explicit ``head_dim`` and interleaved
+      M-RoPE: sections [4, 2, 2] of the 8 frequencies, the published [24, 20, 20] of 64 scaled
+      down (Qwen2-VL's and Qwen2.5-VL's [2, 3, 3] are contiguous blocks).
+    """
+    patches = {"spatial_merge_size": 2, "temporal_patch_size": 2}
+    if model_type == "qwen2_vl":
+        vision = {"depth": LAYERS, "embed_dim": HIDDEN // 2, "hidden_size": HIDDEN, "num_heads": 2}
+        return _qwen_text([2, 3, 3]), {**vision, "mlp_ratio": 2, "patch_size": 14, **patches}
+    tower = {
         "depth": LAYERS,
-        "embed_dim": HIDDEN // 2,
-        "hidden_size": HIDDEN,
+        "hidden_size": HIDDEN // 2,
+        "intermediate_size": HIDDEN,
         "num_heads": 2,
-        "mlp_ratio": 2,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
+        "out_hidden_size": HIDDEN,
+        **patches,
     }
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+    if model_type == "qwen2_5_vl":
+        window = {"window_size": 28, "fullatt_block_indexes": [1]}
+        return _qwen_text([2, 3, 3]), {**tower, "patch_size": 14, **window}
+    if model_type == "qwen3_vl":
+        text = _qwen_text([4, 2, 2], head_dim=HIDDEN // HEADS)
+        text["rope_parameters"]["mrope_interleaved"] = True
+        grid = {"num_position_embeddings": 16, "deepstack_visual_indexes": [0, 1]}
+        return text, {**tower, "patch_size": 16, **grid}
+    raise ValueError(f"tiny_decoder_config: unknown decoder family {model_type!r}")
+
+
+def _tiny_decoder(model_type: str, image_side: int) -> Backbone:
+    """A tiny decoder of one family with its byte-level tokenizer and PIL image processor, fixed at
+    ``side x side`` pixels (a multiple of patch x merge: 4x4 patches -> 4 image tokens)."""
+    family = DECODER_FAMILIES[model_type]
+    text, vision = tiny_decoder_config(model_type)
+    tok = qwen2vl_tokenizer()
+    pad = int(tok.convert_tokens_to_ids("<|endoftext|>"))  # type: ignore[arg-type]
+    text |= {"bos_token_id": pad, "eos_token_id": pad, "pad_token_id": pad}
+    config = family.config(text, vision, **qwen_token_ids())
+    patch = int(vision["patch_size"])
+    side = image_side or 4 * patch  # 56 (patch 14) or 64 (Qwen3-VL's patch 16): 4x4 patches
+    # Qwen3-VL normalises with mean = std = 0.5, the others with CLIP's statistics (the default)
+    stats: dict[str, Any] = (
+        {"image_mean": [0.5] * 3, "image_std": [0.5] * 3} if model_type == "qwen3_vl" else {}
     )
-    side = image_side or QWEN_IMAGE_SIDE
-    processor = Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side)
-    return Backbone(Qwen2VLForConditionalGeneration(config), tok, processor, "decoder")
+    processor = Qwen2VLImageProcessorPil(
+        min_pixels=side * side, max_pixels=side * side, patch_size=patch, merge_size=2, **stats
+    )
+    return Backbone(family.model_class(config), tok, processor, "decoder")
 
 
 def _dual_towers(
@@ -186,9 +235,16 @@ def build_tiny(name: str, *, seed: int, image_side: int = 0) -> Backbone:
     Args:
         name: one of :data:`TINY_MODELS`.
         seed: weight-initialisation seed.
-        image_side: square input side in pixels (0 = the tiny default; decoders round it to 28).
+        image_side: square input side in pixels (0 = the tiny default; decoders round it to a
+            multiple of patch x merge: 28, Qwen3-VL 32).
     """
-    builders = {"tiny-qwen2vl": _tiny_qwen2vl, "tiny-clip": _tiny_clip, "tiny-siglip": _tiny_siglip}
+    builders: dict[str, Callable[[int], Backbone]] = {
+        "tiny-qwen2vl": functools.partial(_tiny_decoder, "qwen2_vl"),
+        "tiny-qwen2.5vl": functools.partial(_tiny_decoder, "qwen2_5_vl"),
+        "tiny-qwen3vl": functools.partial(_tiny_decoder, "qwen3_vl"),
+        "tiny-clip": _tiny_clip,
+        "tiny-siglip": _tiny_siglip,
+    }
     if name not in builders:
         raise ValueError(f"embedder.name: {name!r} is not a tiny model ({', '.join(TINY_MODELS)})")
     with torch.random.fork_rng(devices=[]):
