@@ -35,6 +35,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from study.records import plain
 from vlm2rec.config import (
     ConfigError,
     RunConfig,
@@ -212,12 +213,6 @@ def param_kind(param: Param) -> ParamKind:
     if all(isinstance(c, int | float) and not isinstance(c, bool) for c in param.choices):
         return "float"
     return "string"
-
-
-def plain(value: Any) -> Any:
-    """numpy scalars (what Tune samples) -> Python values the strict config accepts."""
-    item = getattr(value, "item", None)
-    return item() if callable(item) and not isinstance(value, str | bytes) else value
 
 
 def trial_config(base: Mapping[str, Any], params: Mapping[str, Any]) -> RunConfig:

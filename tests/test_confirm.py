@@ -32,7 +32,8 @@ from study.confirm import (
     summarise,
     t_quantile,
 )
-from study.leaderboard import TrialRecord, build_rows, write_leaderboard
+from study.leaderboard import build_rows, write_leaderboard
+from study.records import TrialRecord
 from vlm2rec.config import RunConfig, SyntheticConfig, apply_overrides, to_dict
 from vlm2rec.data.schema import PreparedDataset
 
