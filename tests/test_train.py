@@ -27,7 +27,8 @@ from vlm2rec.model_eval import evaluate_model
 from vlm2rec.train import FitResult, NonFiniteLossError, build_run, fit, lr_factor
 
 KS = (5, 10, 20)
-#: DESIGN.md rule 2: every epoch that validates reports exactly these (plus bookkeeping).
+#: docs/ARCHITECTURE.md "One name per number": every epoch that validates reports exactly these
+#: (plus bookkeeping).
 TRAIN_KEYS = {
     "train/loss",
     "train/cl_loss",
@@ -41,7 +42,7 @@ TRAIN_KEYS = {
 
 
 def split_keys(split: str) -> set[str]:
-    """The rule-2 evaluation keys of one split."""
+    """The evaluation keys of one split (docs/ARCHITECTURE.md, "One name per number")."""
     base = [f"{split}/{m}@{k}" for m in ("recall", "ndcg") for k in KS] + [f"{split}/mrr"]
     keys = {f"{b}{sfx}" for b in base for sfx in ("", "/text", "/image")}
     keys |= {f"{split}/{n}" for n in ("modality_balance", "reliance_text", "reliance_image")}
@@ -93,7 +94,7 @@ def _comparable(row: Mapping[str, float]) -> dict[str, float]:
     return {k: v for k, v in row.items() if not k.startswith("time/")}
 
 
-def test_fit_reports_rule2_keys_every_epoch(clip_run: tuple[RunConfig, FitResult]) -> None:
+def test_fit_reports_the_metric_names_every_epoch(clip_run: tuple[RunConfig, FitResult]) -> None:
     _, res = clip_run
     assert [h["epoch"] for h in res.history] == [1.0, 2.0, 3.0]
     for h in res.history[:-1]:
