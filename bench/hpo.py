@@ -323,6 +323,26 @@ def _launch(
     return record
 
 
+def _setting(args: argparse.Namespace, spec: SearchSpec, argv: Sequence[str]) -> dict[str, Any]:
+    """What the result file records about how the runs were set up."""
+    s = spec.study
+    return {
+        "space": str(Path(args.space).resolve().relative_to(ROOT)),
+        "fixed": dict(spec.fixed),
+        "asha": {
+            "max_t": s.max_t,
+            "grace_period": s.grace_period,
+            "reduction_factor": s.reduction_factor,
+        },
+        "budget_epochs": args.budget,
+        "seeds": args.seeds,
+        "methods": {
+            m: dict(zip(("sampler", "scheduler"), METHODS[m], strict=True)) for m in args.methods
+        },
+        "command": "python bench/hpo.py " + " ".join(argv),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> Path | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
@@ -361,24 +381,8 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
         value,
         "fraction",
     )
-    s = spec.study
     payload = {
-        "setting": {
-            "space": str(Path(args.space).resolve().relative_to(ROOT)),
-            "fixed": dict(spec.fixed),
-            "asha": {
-                "max_t": s.max_t,
-                "grace_period": s.grace_period,
-                "reduction_factor": s.reduction_factor,
-            },
-            "budget_epochs": args.budget,
-            "seeds": args.seeds,
-            "methods": {
-                m: dict(zip(("sampler", "scheduler"), METHODS[m], strict=True))
-                for m in args.methods
-            },
-            "command": "python bench/hpo.py " + " ".join(argv),
-        },
+        "setting": _setting(args, spec, argv),
         "wall_s": round(wall, 1),
         "summary": summary,
         "runs": records,

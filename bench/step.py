@@ -178,6 +178,19 @@ def _config(
     return load_config(config, over)
 
 
+def _adamw(cfg: RunConfig, model: Embedder) -> torch.optim.Optimizer:
+    """The optimiser ``vlm2rec.train`` gives a run of ``cfg`` (without its LR schedule)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+def _cuda_peak(device: torch.device) -> dict[str, int]:
+    """Peak CUDA memory of all four model copies and their optimisers together (CUDA only)."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_cuda_allocated_bytes": torch.cuda.max_memory_allocated(device)}
+
+
 def measure_model(
     model_name: str,
     batch_size: int,
@@ -202,14 +215,7 @@ def measure_model(
     names = list(VARIANTS)
     losses = {n: loss_fn(cfg, n) for n in names}
     models: dict[str, Embedder] = {n: copy.deepcopy(run.embedder) for n in names}
-    opts = {
-        n: torch.optim.AdamW(
-            [p for p in m.parameters() if p.requires_grad],
-            lr=cfg.optim.lr,
-            weight_decay=cfg.optim.weight_decay,
-        )
-        for n, m in models.items()
-    }
+    opts = {n: _adamw(cfg, m) for n, m in models.items()}
     # Fixed embeddings for the loss-only timing, and the check that plain_fused is plain's loss.
     with torch.no_grad():
         u, v = run.embedder(batch.histories, batch.targets)  # [B, D], {view: [B, D]}
@@ -238,11 +244,8 @@ def measure_model(
                 times[n]["step"].append(t_step)
                 times[n]["loss"].append(t_loss)
     trainable = sum(p.numel() for p in run.embedder.parameters() if p.requires_grad)
-    extra: dict[str, int] = {}
-    if run.device.type == "cuda":  # all four model copies and their optimisers together
-        extra["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(run.device)
     return {
-        **extra,
+        **_cuda_peak(run.device),
         "trainable_params": trainable,
         "plain_fused_loss_abs_diff": diff,
         "variants": _summary(batch_size, times, first_loss),

@@ -1,10 +1,11 @@
 """Tune callbacks that run on the study driver: trial records, the leaderboard and TensorBoard.
 
 Everything a study shows is written here, on the driver, from the metrics the trials report, so only
-Train checkpoints need shared storage (DESIGN.md "Where a study's files live"):
+Train checkpoints need shared storage (docs/ARCHITECTURE.md, "Where a study's files live"):
 
-* ``trials/<trial_id>.json``: the trial's kind, params, resolved run config, every per-epoch report,
-  status and error; rewritten atomically after each report, so a killed driver loses nothing;
+* ``trials/<trial_id>.json``: the trial's :class:`~study.records.TrialRecord`, rewritten
+  atomically after each report, so a killed driver loses nothing;
+* ``configs/<trial_id>.json``: its resolved run config, the input of its reproducing command;
 * ``leaderboard.parquet``: rebuilt from all trial records whenever a trial ends;
 * ``tensorboard/<trial_id>/``: per-epoch scalars under exactly the metric names, and the hparams
   plugin's summary (searched params + best metrics) when the trial ends.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,11 +23,26 @@ from typing import Any, Literal
 
 from ray.tune import Callback
 
-from study.leaderboard import TrialRecord, build_rows, write_leaderboard
+from study.leaderboard import build_rows, write_leaderboard
+from study.records import (
+    Kind,
+    Status,
+    StudyFolder,
+    TrialRecord,
+    best_epoch_index,
+    plain,
+    read_records,
+    write_record,
+)
+from study.search_space import trial_config
+from vlm2rec.atomic import atomic_write_text
+from vlm2rec.config import config_hash, to_dict
+from vlm2rec.reporting import TensorBoardReporter
 
-__all__ = ["StudyContext", "StudyRecorder", "load_records", "rebuild_leaderboard"]
+__all__ = ["StudyContext", "StudyRecorder", "rebuild_leaderboard"]
 
-#: Reported keys kept in a trial's history: metrics (DESIGN.md rule 2) and bookkeeping.
+#: Reported keys kept in a trial's history: the metrics (docs/ARCHITECTURE.md, "One name per
+#: number") and bookkeeping.
 _KEPT_PREFIXES = ("train/", "val/", "test/", "time/")
 
 
@@ -46,12 +61,10 @@ class StudyContext:
     git_sha: str | None  #: code version of the driver
     versions: dict[str, str]  #: torch, transformers, ray, optuna
 
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    @property
+    def folder(self) -> StudyFolder:
+        """The study folder's layout."""
+        return StudyFolder(Path(self.study_dir))
 
 
 def _metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -64,87 +77,66 @@ def _metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return row
 
 
-def load_records(study_dir: str | Path) -> list[TrialRecord]:
-    """Every ``trials/*.json`` of a study folder as :class:`TrialRecord` (the offline path too)."""
-    fields = {f.name for f in dataclasses.fields(TrialRecord)}
-    records = []
-    for path in sorted(Path(study_dir, "trials").glob("*.json")):
-        data = json.loads(path.read_text())
-        records.append(TrialRecord(**{k: v for k, v in data.items() if k in fields}))
-    return records
-
-
 def rebuild_leaderboard(ctx: StudyContext) -> Path:
     """Rebuild ``leaderboard.parquet`` from the trial records (atomic replace)."""
     table = build_rows(
-        load_records(ctx.study_dir),
+        read_records(ctx.folder),
         study=ctx.study,
         metric=ctx.metric,
         mode=ctx.mode,
         param_kinds=ctx.param_kinds,
     )
-    return write_leaderboard(table, Path(ctx.study_dir) / "leaderboard.parquet")
+    return write_leaderboard(table, ctx.folder.leaderboard)
 
 
 class StudyRecorder(Callback):
     """Records each trial of one Tuner (``kind`` = reference or search) on the driver."""
 
-    def __init__(self, ctx: StudyContext, kind: str) -> None:
+    def __init__(self, ctx: StudyContext, kind: Kind) -> None:
         self.ctx, self.kind = ctx, kind
-        self._writers: dict[str, Any] = {}
+        self._boards: dict[str, TensorBoardReporter] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; open writers are not state.
-        return {**self.__dict__, "_writers": {}}
+        return {**self.__dict__, "_boards": {}}
 
     # ---- trial records ----------------------------------------------------------------------
-    def _path(self, trial_id: str) -> Path:
-        return Path(self.ctx.study_dir, "trials", f"{trial_id}.json")
-
-    def _record(self, trial: Any) -> dict[str, Any]:
-        path = self._path(trial.trial_id)
+    def _record(self, trial: Any) -> TrialRecord:
+        """The trial's record so far: from its file (the driver may have restarted since), or a
+        new one, whose resolved run config is written beside it."""
+        path = self.ctx.folder.record(trial.trial_id)
         if path.exists():
-            record: dict[str, Any] = json.loads(path.read_text())
-            return record
-        from study.driver import resolve_config  # Ray-free at import of this module's users
-        from vlm2rec.config import config_hash, to_dict
-
-        params = {k: v.item() if hasattr(v, "item") else v for k, v in trial.config.items()}
-        cfg = resolve_config(self.ctx.base, params)
-        config_file = Path(self.ctx.study_dir, "configs", f"{trial.trial_id}.json")
-        _atomic_json(config_file, to_dict(cfg))
-        return {
-            "trial_id": trial.trial_id,
-            "kind": self.kind,
-            "status": "completed",
-            "params": params,
-            "history": [],
-            "config": to_dict(cfg),
-            "seed": cfg.seed,
-            "config_hash": config_hash(cfg),
-            "command": f"python -m vlm2rec.cli train --config {config_file} --out runs/{trial.trial_id}",
-            "gpus": self.ctx.gpus_per_trial,
-            "data_fingerprint": self.ctx.data_fingerprint,
-            "git_sha": self.ctx.git_sha,
-            "versions": self.ctx.versions,
-        }
-
-    def _save(self, record: dict[str, Any]) -> None:
-        _atomic_json(self._path(record["trial_id"]), record)
+            return TrialRecord.from_json(path.read_text())
+        params = {k: plain(v) for k, v in trial.config.items()}
+        cfg = trial_config(self.ctx.base, params)
+        config_file = self.ctx.folder.config(trial.trial_id)
+        atomic_write_text(config_file, json.dumps(to_dict(cfg), indent=1, sort_keys=True))
+        return TrialRecord(
+            trial_id=trial.trial_id,
+            kind=self.kind,
+            params=params,
+            config=to_dict(cfg),
+            seed=cfg.seed,
+            config_hash=config_hash(cfg),
+            command=f"python -m vlm2rec.cli train --config {config_file} --out runs/{trial.trial_id}",
+            gpus=self.ctx.gpus_per_trial,
+            data_fingerprint=self.ctx.data_fingerprint,
+            git_sha=self.ctx.git_sha,
+            versions=self.ctx.versions,
+        )
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        record = self._record(trial)
         row = _metrics(result)
-        # A restored trial re-reports from its checkpoint: keep one row per epoch, the newest.
-        record["history"] = [h for h in record["history"] if h.get("epoch") != row["epoch"]] + [row]
-        record["history"].sort(key=lambda h: h["epoch"])
-        record["wall_s"] = float(result.get("time_total_s", 0.0))
+        record = dataclasses.replace(
+            self._record(trial).with_report(row),
+            wall_s=float(result.get("time_total_s", 0.0)),
+        )
         if result.get("checkpoint_path"):
-            record["checkpoint_path"] = str(result["checkpoint_path"])
-        self._save(record)
-        self._scalars(trial.trial_id, row)
+            record = dataclasses.replace(record, checkpoint_path=str(result["checkpoint_path"]))
+        write_record(self.ctx.folder, record)
+        self._board(trial.trial_id).report(row, int(row["epoch"]), None)
         value = row.get(self.ctx.metric, math.nan)
         print(
             f"[{self.kind} {trial.trial_id}] epoch {int(row['epoch'])}  {self.ctx.metric} {value:.4f}"
@@ -154,71 +146,47 @@ class StudyRecorder(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
-        last = record["history"][-1] if record["history"] else {}
+        last = record.history[-1] if record.history else {}
         test = {k: v for k, v in last.items() if k.startswith("test/")}
         # fit() reports test/* only after its last epoch: without them the scheduler stopped it.
-        record["status"] = "completed" if test else "stopped_early"
-        record["test_metrics"] = test or None
-        self._finish(record)
+        status: Status = "completed" if test else "stopped_early"
+        self._finish(dataclasses.replace(record, status=status, test_metrics=test or None))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        record = self._record(trial)
-        record["status"] = "error"
         error_file = getattr(trial, "error_file", None)
         text = Path(error_file).read_text() if error_file and Path(error_file).exists() else ""
-        record["error"] = _error_summary(text) or "trial failed (no error file)"
-        self._finish(record)
+        error = _error_summary(text) or "trial failed (no error file)"
+        self._finish(dataclasses.replace(self._record(trial), status="error", error=error))
 
-    def _finish(self, record: dict[str, Any]) -> None:
+    def _finish(self, record: TrialRecord) -> None:
         print(
-            f"[{self.kind} {record['trial_id']}] {record['status']}"
-            + (f": {record['error']}" if record.get("error") else ""),
+            f"[{self.kind} {record.trial_id}] {record.status}"
+            + (f": {record.error}" if record.error else ""),
             flush=True,
         )
-        self._save(record)
+        write_record(self.ctx.folder, record)
         self._hparams(record)
         rebuild_leaderboard(self.ctx)
 
     # ---- TensorBoard ------------------------------------------------------------------------
-    def _writer(self, trial_id: str) -> Any:
-        if trial_id not in self._writers:
-            from torch.utils.tensorboard import (
-                SummaryWriter,
-            )  # keeps '@' in tags (tensorboardX doesn't)
+    def _board(self, trial_id: str) -> TensorBoardReporter:
+        if trial_id not in self._boards:
+            self._boards[trial_id] = TensorBoardReporter(self.ctx.folder.tensorboard / trial_id)
+        return self._boards[trial_id]
 
-            self._writers[trial_id] = SummaryWriter(
-                str(Path(self.ctx.study_dir, "tensorboard", trial_id))
-            )
-        return self._writers[trial_id]
-
-    def _scalars(self, trial_id: str, row: Mapping[str, float]) -> None:
-        writer, step = self._writer(trial_id), int(row["epoch"])
-        for key, value in row.items():
-            if key != "epoch" and math.isfinite(value):
-                writer.add_scalar(key, value, global_step=step)
-        writer.flush()
-
-    def _hparams(self, record: dict[str, Any]) -> None:
+    def _hparams(self, record: TrialRecord) -> None:
         """The hparams plugin's summary: params, kind and status, and the best epoch's metrics
         (none for a trial that failed before its first report: it still shows up, as an error)."""
-        from torch.utils.tensorboard.summary import hparams
-
-        scored = [h for h in record["history"] if math.isfinite(h.get(self.ctx.metric, math.nan))]
-        pick = max if self.ctx.mode == "max" else min
-        best = pick(scored, key=lambda h: h[self.ctx.metric]) if scored else {}
+        i = best_epoch_index(record.history, self.ctx.metric, self.ctx.mode)
+        best = record.history[i] if i is not None else {}
         metrics = {f"best/{k}": v for k, v in best.items() if k.startswith("val/")}
-        metrics.update({f"best/{k}": v for k, v in (record.get("test_metrics") or {}).items()})
-        params = {
-            k: v for k, v in record["params"].items() if isinstance(v, int | float | str | bool)
-        }
-        params.update({"kind": record["kind"], "status": record["status"]})
-        writer = self._writer(record["trial_id"])
-        for summary in hparams(params, metrics):
-            writer.file_writer.add_summary(summary)
-        for key, value in metrics.items():  # the hparams view reads these scalar tags
-            writer.add_scalar(key, value, global_step=int(best["epoch"]))
-        writer.close()
-        self._writers.pop(record["trial_id"], None)
+        metrics.update({f"best/{k}": v for k, v in (record.test_metrics or {}).items()})
+        params = {k: v for k, v in record.params.items() if isinstance(v, int | float | str | bool)}
+        params.update({"kind": record.kind, "status": record.status})
+        board = self._board(record.trial_id)
+        board.hparams(params, metrics, int(best.get("epoch", 0)))
+        board.close()
+        self._boards.pop(record.trial_id, None)
 
 
 def _error_summary(text: str) -> str:

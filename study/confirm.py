@@ -21,8 +21,8 @@ Student-t confidence interval and a two-sided paired t-test of candidate minus r
 
 Files: ``STUDY_DIR/confirm/runs.jsonl`` (one line per finished run; a rerun skips them, so an
 interrupted confirmation resumes) and ``STUDY_DIR/confirm.parquet`` (one row per configuration).
-The statistics are pure functions; scipy is not a dependency, so the t distribution is computed here
-from the regularised incomplete beta function (see :func:`student_t_cdf`).
+The statistics are pure functions over scipy's Student t distribution (``scipy.stats.t``,
+``scipy.stats.ttest_rel``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -40,10 +40,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python study/confirm.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import pandas as pd
+from scipy import stats
+
+if __package__ in (None, ""):  # `python study/confirm.py`: see study/_script.py
+    import _script  # noqa: F401
+
+from study.leaderboard import ranked_by, read_leaderboard
+from study.records import StudyFolder
+from vlm2rec.atomic import atomic_write
 
 __all__ = [
     "METRICS",
@@ -54,105 +59,16 @@ __all__ = [
     "main",
     "mean_ci",
     "paired_t_test",
-    "regularized_beta",
     "run_confirm",
     "run_one",
     "select_candidates",
-    "student_t_cdf",
     "summarise",
-    "t_quantile",
 ]
 
-#: Test metrics summarised per configuration (DESIGN.md rule 2 names).
+#: Test metrics summarised per configuration (named as in docs/ARCHITECTURE.md).
 METRICS = ("test/ndcg@10", "test/recall@10")
 SEED_START = 1000  #: fresh seeds count up from here (studies use small seeds)
 _RUNS = Path("confirm") / "runs.jsonl"
-
-
-def _beta_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function, evaluated by the modified Lentz method
-    (converges fast for ``x < (a + 1) / (a + b + 2)``)."""
-    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 400):
-        # two terms per step: d_{2m} = m(b-m)x / ((a+2m-1)(a+2m)), d_{2m+1} = -(a+m)(a+b+m)x / ...
-        for num in (
-            m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0)),
-        ):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= c * d
-        if abs(c * d - 1.0) < 1e-15:
-            break
-    return h
-
-
-def regularized_beta(x: float, a: float, b: float) -> float:
-    r"""Regularised incomplete beta function
-    :math:`I_x(a, b) = \frac{1}{B(a, b)} \int_0^x u^{a-1} (1-u)^{b-1} \, du`.
-
-    ======  ========
-    symbol  argument
-    ======  ========
-    x       ``x`` in [0, 1]
-    a, b    ``a``, ``b`` > 0
-    ======  ========
-
-    Uses the symmetry :math:`I_x(a, b) = 1 - I_{1-x}(b, a)` to stay where the fraction converges.
-    """
-    if not 0.0 <= x <= 1.0 or a <= 0 or b <= 0:
-        raise ValueError(f"regularized_beta: need 0 <= x <= 1, a, b > 0; got x={x}, a={a}, b={b}")
-    if x in (0.0, 1.0):
-        return x
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
-
-
-def student_t_cdf(t: float, df: float) -> float:
-    r"""CDF of Student's t distribution with ``df`` degrees of freedom:
-    :math:`F(t) = 1 - \tfrac12 I_{\nu/(\nu+t^2)}(\nu/2, 1/2)` for :math:`t \ge 0`, and
-    :math:`F(-t) = 1 - F(t)`.
-
-    ======  ========
-    symbol  argument
-    ======  ========
-    t       ``t``
-    \nu     ``df`` > 0
-    ======  ========
-    """
-    if df <= 0:
-        raise ValueError(f"student_t_cdf: df must be > 0, got {df}")
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    tail = 0.5 * regularized_beta(df / (df + t * t), df / 2.0, 0.5)  # P(T > |t|)
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    r"""Quantile :math:`t_{p,\nu} = F^{-1}(p)` of Student's t (e.g. ``t_quantile(0.975, 2)`` =
-    4.303), by bisection on :func:`student_t_cdf` to ~1e-12 (the CDF is monotone; no derivative
-    is needed)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"t_quantile: p must be in (0, 1), got {p}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while student_t_cdf(hi, df) < p:  # bracket: the tails are heavy for small df
-        lo, hi = hi, 2.0 * hi
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if student_t_cdf(mid, df) < p else (lo, mid)
-        if hi - lo <= 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -175,7 +91,7 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]
     if len(values) < 2:
         return mean, math.nan
     sem = statistics.stdev(values) / math.sqrt(len(values))
-    return mean, t_quantile((1.0 + level) / 2.0, len(values) - 1) * sem
+    return mean, float(stats.t.ppf((1.0 + level) / 2.0, len(values) - 1)) * sem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +114,10 @@ def paired_t_test(x: Sequence[float], y: Sequence[float], level: float = 0.95) -
     ======  ========
     x_i     ``x`` (candidate, seed i)
     y_i     ``y`` (reference, same seed i)
-    F_\nu   :func:`student_t_cdf`
+    F_\nu   Student t CDF, n - 1 degrees of freedom
     ======  ========
+
+    The statistic and p-value are ``scipy.stats.ttest_rel``'s.
 
     Shapes: ``x``, ``y`` [n], paired by position. Identical differences (:math:`s_d = 0` up to
     rounding) give
@@ -216,14 +134,11 @@ def paired_t_test(x: Sequence[float], y: Sequence[float], level: float = 0.95) -
     sd = statistics.stdev(d)
     # No spread (up to float rounding: 0.3 - 0.2 != 0.4 - 0.3): a constant difference is certain
     # in sign (t = +-inf) unless it is zero, not a t of 1e15 made of rounding noise.
-    flat = sd <= 1e-12 * max(abs(v) for v in d)
-    t = (
-        (0.0 if mean == 0.0 else math.copysign(math.inf, mean))
-        if flat
-        else mean / (sd / math.sqrt(n))
-    )
-    p = 2.0 * (1.0 - student_t_cdf(abs(t), n - 1))
-    return PairedTest(n, mean, half, t, p)
+    if sd <= 1e-12 * max(abs(v) for v in d):
+        t, p = (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
+        return PairedTest(n, mean, half, t, p)
+    res = stats.ttest_rel(x, y)
+    return PairedTest(n, mean, half, float(res.statistic), float(res.pvalue))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +156,7 @@ def _config(row: Mapping[str, Any], study_dir: Path) -> dict[str, Any]:
     text = row.get("config")
     if isinstance(text, str) and text:
         return dict(json.loads(text))
-    path = study_dir / "configs" / f"{row['trial_id']}.json"
+    path = StudyFolder(study_dir).config(str(row["trial_id"]))
     if not path.exists():
         raise ValueError(
             f"{study_dir}/leaderboard.parquet: trial {row['trial_id']}: no `config` in its row "
@@ -411,14 +326,16 @@ def format_table(summary: pd.DataFrame, metrics: Sequence[str] = METRICS) -> str
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)  # readers see the old or the new file, never half of one
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))  # readers see the old or the new file
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+def _parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("study_dir", type=Path, help="study folder, or a study name under --storage")
     p.add_argument("--top", type=int, default=3, help="search trials to confirm (default 3)")
@@ -431,18 +348,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    from study.leaderboard import read_leaderboard
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """CLI entry point (``prog``: the name usage lines show); exit 2 for a refused input."""
+    args = _parse_args(argv, prog)
     from vlm2rec.config import parse_override
 
     study_dir = args.storage / args.study_dir if args.storage else args.study_dir
-    board = study_dir / "leaderboard.parquet"
+    board = StudyFolder(study_dir).leaderboard
     if not board.exists() or args.seeds < 2 or args.top < 0:
         print(f"error: need {board} to exist, --seeds >= 2 and --top >= 0", file=sys.stderr)
         return 2
     table = read_leaderboard(board)
-    metric = (table.schema.metadata or {}).get(b"vlm2rec.metric", b"val/ndcg@10").decode()
+    metric, _mode = ranked_by(table)
     frame = table.to_pandas()
     candidates = select_candidates(frame, study_dir, args.top, metric)
     used = [int(s) for s in frame["seed"].dropna()] if "seed" in frame else []

@@ -1,9 +1,10 @@
 """The per-trial Tune function: resolve the trial's run config and run a Ray Train ``TorchTrainer``.
 
-Train V2 pattern (RAY.md): Tune runs :func:`run_trial` once per trial with a small CPU share; it builds a
-``TorchTrainer`` whose workers run :func:`study.worker.train_loop_per_worker`, and
-``TuneReportCallback`` forwards rank 0's per-epoch reports to the trial. The Train run is named
-``train-<trial id>`` with no timestamp, so a retried or restored trial resumes from its checkpoint.
+Train V2 pattern (docs/ARCHITECTURE.md, "Ray traps"): Tune runs :func:`run_trial` once per trial
+with a small CPU share; it builds a ``TorchTrainer`` whose workers run
+:func:`study.worker.train_loop_per_worker`, and ``TuneReportCallback`` forwards rank 0's per-epoch
+reports to the trial. The Train run is named ``train-<trial id>`` with no timestamp, so a retried
+or restored trial resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from study.search_space import trial_config
 from study.worker import train_loop_per_worker
-from vlm2rec.config import RunConfig as VlmRunConfig
-from vlm2rec.config import apply_overrides, from_dict, to_dict
+from vlm2rec.config import to_dict
 
-__all__ = ["TrialPlan", "resolve_config", "run_trial"]
+__all__ = ["TrialPlan", "run_trial"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,21 +38,12 @@ class TrialPlan:
     controller_failure_limit: int = 3  #: failed worker-group starts before the trial errors
 
 
-def resolve_config(base: dict[str, Any], params: dict[str, Any]) -> VlmRunConfig:
-    """The trial's run config: base overridden by the sampled dotted-path params.
-
-    Tune samples numpy scalars; ``.item()`` turns them into the Python values the strict config wants.
-    """
-    plain = {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
-    return apply_overrides(from_dict(base), plain)
-
-
 def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
     """Tune trainable: one trial = one data-parallel ``TorchTrainer.fit()``."""
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = resolve_config(plan.base, params)
+    cfg = trial_config(plan.base, params)
     cpu_threads = max(1, int(plan.cpus_per_worker))
     resources = {"CPU": plan.cpus_per_worker}
     if plan.gpus_per_worker:

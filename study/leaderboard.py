@@ -1,8 +1,9 @@
 """The study leaderboard: one Parquet row per trial with an explicit schema, written atomically.
 
-Pure core: :class:`TrialRecord` (what one trial did) -> :func:`build_rows` -> ``pa.Table`` ->
-:func:`write_leaderboard` (temp file in the same folder + ``os.replace``, so readers only ever see
-the old or the new file). :func:`merge` joins tables of several studies or rebuilds.
+Pure core: trial records (``study/records.py``) -> :func:`build_rows` (each trial at its best
+epoch, ranked) -> ``pa.Table`` -> :func:`write_leaderboard` (``vlm2rec.atomic``: readers only ever
+see the old or the new file). :func:`merge` joins tables of several studies or rebuilds; the metric
+and mode a table is ranked by travel in its schema metadata (:func:`ranked_by`).
 
 Offline CLI (no running cluster)::
 
@@ -21,120 +22,63 @@ Reading a Tune experiment assumes each trial reported, per epoch, its metrics (`
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+if __package__ in (None, ""):  # `python study/leaderboard.py`: see study/_script.py
+    import _script  # noqa: F401
+
+from study.records import (
+    VERSION_PACKAGES,
+    LeaderboardError,
+    StudyFolder,
+    TrialRecord,
+    best_epoch_index,
+    finite,
+    plain,
+    record_columns,
+)
+from vlm2rec.atomic import atomic_write
+
 __all__ = [
     "FACT_KEYS",
+    "META_METRIC",
+    "META_MODE",
     "LeaderboardError",
-    "TrialRecord",
-    "best_epoch_index",
     "build_rows",
     "load_study_dir",
     "merge",
+    "ranked_by",
     "read_leaderboard",
     "records_from_experiment",
+    "summary",
     "write_leaderboard",
 ]
 
-Kind = Literal["reference", "search"]
-Status = Literal["completed", "stopped_early", "error"]
-VERSION_PACKAGES = ("torch", "transformers", "ray", "optuna")
-#: Reported (non-metric) keys copied into the row when rebuilding from a Tune experiment.
-FACT_KEYS = ("checkpoint_path", "command", "config", "config_hash", "data_fingerprint", "git_sha")
-_META_METRIC, _META_MODE = b"vlm2rec.metric", b"vlm2rec.mode"
+#: Schema metadata keys holding the metric and mode a leaderboard is ranked by.
+META_METRIC, META_MODE = b"vlm2rec.metric", b"vlm2rec.mode"
 _ARROW = {"float": pa.float64(), "int": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
-_HEAD = [
-    ("rank", pa.int64()),
-    ("study", pa.string()),
-    ("trial_id", pa.string()),
-    ("kind", pa.string()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-]
-_TAIL = [
-    ("epochs", pa.int64()),
-    ("wall_s", pa.float64()),
-    ("gpu_s", pa.float64()),
-    ("checkpoint_path", pa.string()),
-    ("config", pa.string()),
-    ("command", pa.string()),
-    ("seed", pa.int64()),
-    ("config_hash", pa.string()),
-    ("data_fingerprint", pa.string()),
-    ("git_sha", pa.string()),
-    *((f"{p}_version", pa.string()) for p in VERSION_PACKAGES),
-]
-
-
-class LeaderboardError(RuntimeError):
-    """A leaderboard could not be built, read or written; the message names the path or trial."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialRecord:
-    """Everything the leaderboard needs about one trial."""
-
-    trial_id: str  #: Tune trial id
-    kind: Kind = "search"  #: the alpha = beta = 0 reference or a searched trial
-    status: Status = "completed"  #: finished, stopped by the scheduler, or failed
-    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)  #: {dotted path: value}
-    history: list[dict[str, float]] = dataclasses.field(default_factory=list)  #: per-epoch reports
-    test_metrics: Mapping[str, float] | None = None  #: test/* of the best checkpoint
-    error: str | None = None  #: the failure message (status error)
-    wall_s: float | None = None  #: wall-clock seconds of the trial
-    gpus: float = 0.0  #: GPUs the trial held (workers x GPUs per worker)
-    checkpoint_path: str | None = None  #: best (or latest) persisted Train checkpoint
-    config: Mapping[str, Any] | str | None = None  #: resolved run config (dict or JSON text)
-    command: str | None = None  #: single-run command reproducing the trial
-    seed: int | None = None  #: the run's seed
-    config_hash: str | None = None  #: vlm2rec.config.config_hash of the resolved config
-    data_fingerprint: str | None = None  #: meta.json fingerprint of the dataset
-    git_sha: str | None = None  #: code version
-    versions: Mapping[str, str] = dataclasses.field(default_factory=dict)  #: {package: version}
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("reference", "search"):
-            raise LeaderboardError(
-                f"trial {self.trial_id}: kind {self.kind!r} not reference|search"
-            )
-        if self.status not in ("completed", "stopped_early", "error"):
-            raise LeaderboardError(
-                f"trial {self.trial_id}: status {self.status!r} not completed|stopped_early|error"
-            )
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def best_epoch_index(history: Sequence[Mapping[str, Any]], metric: str, mode: str) -> int | None:
-    """Index of the best report by ``metric`` (earliest on ties); None if it was never reported."""
-    best: int | None = None
-    for i, row in enumerate(history):
-        value = row.get(metric)
-        if not _finite(value):
-            continue
-        if best is None or (
-            value > history[best][metric] if mode == "max" else value < history[best][metric]
-        ):
-            best = i
-    return best
+_FRONT, _BACK = record_columns()
+#: Columns that identify a trial (record fields after the two the leaderboard adds).
+_HEAD = [pa.field("rank", pa.int64()), pa.field("study", pa.string()), *_FRONT]
+#: Columns after the metrics: how the trial ran (two derived from its record, then record fields).
+_TAIL = [pa.field("epochs", pa.int64()), pa.field("gpu_s", pa.float64()), *_BACK]
+#: Reported (non-metric) keys copied into the record when rebuilding from a Tune experiment: the
+#: record's text facts (the versions come from their own ``<package>_version`` keys).
+FACT_KEYS = tuple(
+    f.name for f in _BACK if f.type == pa.string() and not f.name.endswith("_version")
+)
 
 
 def _metric_names(records: Sequence[TrialRecord]) -> tuple[list[str], list[str]]:
     """(history metric columns, test metric columns): numeric keys, val/ first, then the rest."""
-    hist = {k for r in records for row in r.history for k, v in row.items() if _finite(v)}
+    hist = {k for r in records for row in r.history for k, v in row.items() if finite(v)}
     hist.discard("epoch")
     test = {k for r in records for k in (r.test_metrics or {})}
     return sorted(hist, key=lambda k: (not k.startswith("val/"), k)), sorted(test - hist)
@@ -144,54 +88,34 @@ def _schema(param_kinds: Mapping[str, str], hist: list[str], test: list[str]) ->
     bad = {p: k for p, k in param_kinds.items() if k not in _ARROW}
     if bad:
         raise LeaderboardError(f"param kinds {bad}: expected one of {sorted(_ARROW)}")
-    fields = [pa.field(n, t) for n, t in _HEAD]
+    fields = [*_HEAD]
     fields += [pa.field(f"param.{p}", _ARROW[k]) for p, k in sorted(param_kinds.items())]
     fields.append(pa.field("best_epoch", pa.int64()))
     fields += [pa.field(n, pa.float64()) for n in [*hist, *test]]
-    fields += [pa.field(n, t) for n, t in _TAIL]
-    return pa.schema(fields)
+    return pa.schema([*fields, *_TAIL])
 
 
 def _param_value(value: Any, kind: str) -> Any:
     if value is None:
         return None
-    item = getattr(value, "item", None)  # numpy scalars from Tune
-    value = item() if callable(item) else value
-    return {"float": float, "int": int, "string": str, "bool": bool}[kind](value)
+    return {"float": float, "int": int, "string": str, "bool": bool}[kind](plain(value))
 
 
 def _row(rec: TrialRecord, study: str, metric: str, mode: str, kinds: Mapping[str, str]) -> dict:
     best = best_epoch_index(rec.history, metric, mode)
     chosen = rec.history[best] if best is not None else {}
-    config = (
-        rec.config
-        if rec.config is None or isinstance(rec.config, str)
-        else json.dumps(rec.config, sort_keys=True)
-    )
     row: dict[str, Any] = {
         "study": study,
-        "trial_id": rec.trial_id,
-        "kind": rec.kind,
-        "status": rec.status,
-        "error": rec.error,
+        **rec.columns(),
         "best_epoch": None if best is None else int(chosen.get("epoch", best + 1)),
         "epochs": max((int(h.get("epoch", i + 1)) for i, h in enumerate(rec.history)), default=0),
-        "wall_s": rec.wall_s,
         "gpu_s": None if rec.wall_s is None else rec.gpus * rec.wall_s,
-        "checkpoint_path": rec.checkpoint_path,
-        "config": config,
-        "command": rec.command,
-        "seed": rec.seed,
-        "config_hash": rec.config_hash,
-        "data_fingerprint": rec.data_fingerprint,
-        "git_sha": rec.git_sha,
-        **{f"{p}_version": rec.versions.get(p) for p in VERSION_PACKAGES},
     }
     row.update({f"param.{p}": _param_value(rec.params.get(p), k) for p, k in kinds.items()})
-    row.update({k: float(v) for k, v in chosen.items() if k != "epoch" and _finite(v)})
+    row.update({k: float(v) for k, v in chosen.items() if k != "epoch" and finite(v)})
     # Test scores exist only for trials that ran to the end: a stopped trial has no test pass.
     if rec.status == "completed":
-        row.update({k: float(v) for k, v in (rec.test_metrics or {}).items() if _finite(v)})
+        row.update({k: float(v) for k, v in (rec.test_metrics or {}).items() if finite(v)})
     return row
 
 
@@ -202,7 +126,7 @@ def _ranked(table: pa.Table, metric: str, mode: str) -> pa.Table:
         table.column(metric).to_pylist() if metric in table.column_names else [None] * n
     )
     status, ids = table.column("status").to_pylist(), table.column("trial_id").to_pylist()
-    ok = [i for i in range(n) if status[i] != "error" and _finite(values[i])]
+    ok = [i for i in range(n) if status[i] != "error" and finite(values[i])]
     sign = -1.0 if mode == "max" else 1.0
     ok.sort(key=lambda i: (sign * float(values[i]), ids[i]))  # ties: by trial id, deterministic
     rank: list[int | None] = [None] * n
@@ -213,8 +137,8 @@ def _ranked(table: pa.Table, metric: str, mode: str) -> pa.Table:
     table = table.set_column(idx, pa.field("rank", pa.int64()), pa.array(rank, pa.int64()))
     meta = {
         **(table.schema.metadata or {}),
-        _META_METRIC: metric.encode(),
-        _META_MODE: mode.encode(),
+        META_METRIC: metric.encode(),
+        META_MODE: mode.encode(),
     }
     return table.take(pa.array(order, pa.int64())).replace_schema_metadata(meta)
 
@@ -244,7 +168,7 @@ def build_rows(
 
 def _column_order(schema: pa.Schema) -> list[str]:
     names = schema.names
-    head, tail = [n for n, _ in _HEAD], [n for n, _ in _TAIL]
+    head, tail = [f.name for f in _HEAD], [f.name for f in _TAIL]
     params = sorted(n for n in names if n.startswith("param."))
     fixed = {*head, *tail, *params, "best_epoch"}
     metrics = sorted(
@@ -265,7 +189,7 @@ def merge(
     if not tables:
         raise LeaderboardError("merge: no tables given")
     metas = {
-        ((t.schema.metadata or {}).get(_META_METRIC), (t.schema.metadata or {}).get(_META_MODE))
+        ((t.schema.metadata or {}).get(META_METRIC), (t.schema.metadata or {}).get(META_MODE))
         for t in tables
     }
     if metric is None or mode is None:
@@ -289,22 +213,19 @@ def merge(
 
 
 def write_leaderboard(table: pa.Table, path: str | Path) -> Path:
-    """Write ``table`` to ``path`` atomically: on any failure the previous file stays intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """Write ``table`` to ``path`` atomically: on any failure the previous file stays intact.
+
+    A failure while writing (a full disk) is a :class:`LeaderboardError` naming the path; a folder
+    where no file can be made stays the ``OSError`` that names it.
+    """
+
+    def write(fh: BinaryIO) -> None:
+        try:
             pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())  # the rename must never expose a file whose bytes are not on disk
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, Exception):
+        except Exception as exc:
             raise LeaderboardError(f"{path}: could not write leaderboard: {exc}") from exc
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def read_leaderboard(path: str | Path) -> pa.Table:
@@ -314,10 +235,31 @@ def read_leaderboard(path: str | Path) -> pa.Table:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise LeaderboardError(f"{path}: not a readable leaderboard: {exc}") from None
-    missing = [n for n, _ in _HEAD if n not in table.column_names]
+    missing = [f.name for f in _HEAD if f.name not in table.column_names]
     if missing:
         raise LeaderboardError(f"{path}: missing leaderboard columns {missing}")
     return table
+
+
+def ranked_by(table: pa.Table) -> tuple[str, str]:
+    """(metric, mode) a leaderboard is ranked by, from its schema metadata; ``val/ndcg@10``,
+    ``max`` for a table that does not say."""
+    meta = table.schema.metadata or {}
+    return meta.get(META_METRIC, b"val/ndcg@10").decode(), meta.get(META_MODE, b"max").decode()
+
+
+def summary(folder: StudyFolder, metric: str, top: int = 10) -> str:
+    """The top of a study's leaderboard and where its files are: what a study prints at its end."""
+    frame = read_leaderboard(folder.leaderboard).to_pandas()
+    cols = ["rank", "kind", "status", metric, "best_epoch", "epochs", "wall_s"]
+    cols += [c for c in frame.columns if c.startswith("param.")]
+    cols.append(f"test/{metric.split('/', 1)[1]}")
+    table = frame[[c for c in cols if c in frame.columns]].head(top).to_string(index=False)
+    return (
+        f"{table}\n\nleaderboard:  {folder.leaderboard}\n"
+        f"tensorboard:  tensorboard --logdir {folder.tensorboard}\n"
+        f"optuna:       optuna-dashboard sqlite:///{folder.optuna_db}"
+    )
 
 
 # ----------------------------------------------------------------------------- offline rebuild
@@ -344,7 +286,7 @@ def _record_from_trial(trial: Any, rows: list[dict[str, Any]]) -> TrialRecord:
         {k: v for k, v in r.items() if (k == "epoch" or k.startswith(("val/", "train/")))}
         for r in rows
     ]
-    test = {k: v for k, v in last.items() if k.startswith("test/") and _finite(v)} or None
+    test = {k: v for k, v in last.items() if k.startswith("test/") and finite(v)} or None
     error = None
     if trial.status == "ERROR":
         status: str = "error"
@@ -354,20 +296,19 @@ def _record_from_trial(trial: Any, rows: list[dict[str, Any]]) -> TrialRecord:
         status = str(last["trial_status"])
     else:
         status = "completed" if test else "stopped_early"
-    params = {k: v for k, v in trial.config.items() if k != "kind" and _scalar_kind(v)}
+    config = {k: plain(v) for k, v in trial.config.items()}
+    params = {k: v for k, v in config.items() if k != "kind" and _scalar_kind(v)}
     facts = {k: last[k] for k in FACT_KEYS if isinstance(last.get(k), str)}
     return TrialRecord(
         trial_id=str(trial.trial_id),
-        kind="reference"
-        if (last.get("kind") or trial.config.get("kind")) == "reference"
-        else "search",
+        kind="reference" if (last.get("kind") or config.get("kind")) == "reference" else "search",
         status=status,  # type: ignore[arg-type]
         params=params,
         history=history,
         test_metrics=test,
         error=error,
-        wall_s=float(last["time_total_s"]) if _finite(last.get("time_total_s")) else None,
-        gpus=float(last["gpus"]) if _finite(last.get("gpus")) else 0.0,
+        wall_s=float(last["time_total_s"]) if finite(last.get("time_total_s")) else None,
+        gpus=float(last["gpus"]) if finite(last.get("gpus")) else 0.0,
         seed=int(params["seed"]) if isinstance(params.get("seed"), int) else None,
         versions={p: str(last[f"{p}_version"]) for p in VERSION_PACKAGES if f"{p}_version" in last},
         **facts,
@@ -407,7 +348,7 @@ def load_study_dir(path: str | Path, *, metric: str, mode: str, rebuild: bool = 
         return read_leaderboard(path)
     if not path.is_dir():
         raise LeaderboardError(f"{path}: no such study folder")
-    stored = path / "leaderboard.parquet"
+    stored = StudyFolder(path).leaderboard
     if stored.exists() and not rebuild:
         return read_leaderboard(stored)
     records, kinds = records_from_experiment(path)
@@ -423,8 +364,11 @@ def _format(table: pa.Table, metric: str, top: int) -> str:
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Rebuild and merge study leaderboards offline.")
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """CLI entry point (``prog``: the name usage lines show); exit 2 for a bad input."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Rebuild and merge study leaderboards offline."
+    )
     parser.add_argument("paths", nargs="+", help="study folders or leaderboard .parquet files")
     parser.add_argument("--top", type=int, default=20, help="rows to print")
     parser.add_argument("--metric", default="val/ndcg@10", help="ranking metric")

@@ -2,10 +2,11 @@
 
     python study/report.py STUDY_DIR [--top K]
 
-Reads what a study leaves behind (DESIGN.md "Where a study's files live"): ``leaderboard.parquet``
-(one row per trial at its best epoch; the study metric and mode in its schema metadata),
-``trials/<trial_id>.json`` (every per-epoch report) and ``optuna.db`` (the search trials as the
-sampler saw them: parameter distributions, hence which axes are logarithmic, and the importances).
+Reads what a study leaves behind (docs/ARCHITECTURE.md, "Where a study's files live"):
+``leaderboard.parquet`` (one row per trial at its best epoch; the study metric and mode in its
+schema metadata), the trial records ``trials/<trial_id>.json`` (every per-epoch report, read
+through ``study.records``) and ``optuna.db`` (the search trials as the sampler saw them: parameter
+distributions, hence which axes are logarithmic, and the importances).
 
 The figures answer, in order: who won and by how much over the ``alpha = beta = 0`` reference (the
 table); where in each parameter's range the good trials sit (scatter per parameter, reference as a
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import html
-import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -38,10 +38,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-if __package__ in (None, ""):  # `python study/report.py`: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # `python study/report.py`: see study/_script.py
+    import _script  # noqa: F401
 
-from study.leaderboard import read_leaderboard
+from study.leaderboard import ranked_by, read_leaderboard
+from study.records import StudyFolder, read_records
 
 __all__ = [
     "StudyData",
@@ -60,7 +61,8 @@ __all__ = [
     "write_report",
 ]
 
-#: The three evaluation views of NDCG@10 (DESIGN.md rule 2) and the balance derived from them.
+#: The three evaluation views of NDCG@10 (docs/ARCHITECTURE.md, "One name per number") and the
+#: balance derived from them.
 VIEWS = {"fused": "val/ndcg@10", "text only": "val/ndcg@10/text", "image only": "val/ndcg@10/image"}
 BALANCE = "val/modality_balance"
 #: Fewest finished Optuna trials for which an importance estimate means anything.
@@ -81,17 +83,24 @@ class StudyData:
     histories: dict[str, list[dict[str, float]]]  #: trial_id -> per-epoch reports
 
 
-def _optuna_distributions(study_dir: Path, name: str) -> dict[str, Any]:
-    """``{param: distribution}`` from ``optuna.db`` (empty when there is no stored study)."""
-    db = study_dir / "optuna.db"
+def _stored_study(study_dir: Path, name: str) -> Any:
+    """The search study in ``optuna.db``, or None when there is no such file or study."""
+    db = StudyFolder(study_dir).optuna_db
     if not db.exists():
-        return {}
+        return None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     except KeyError:  # the database holds no study of this name
+        return None
+
+
+def _optuna_distributions(study_dir: Path, name: str) -> dict[str, Any]:
+    """``{param: distribution}`` from ``optuna.db`` (empty when there is no stored study)."""
+    study = _stored_study(study_dir, name)
+    if study is None:
         return {}
     return {k: v for t in study.get_trials(deepcopy=False) for k, v in t.distributions.items()}
 
@@ -106,25 +115,20 @@ def _looks_log(values: pd.Series) -> bool:
 
 def load_study(study_dir: str | Path) -> StudyData:
     """Read leaderboard, trial histories and parameter scales of ``study_dir``."""
-    study_dir = Path(study_dir)
-    table = read_leaderboard(study_dir / "leaderboard.parquet")
-    meta = table.schema.metadata or {}
+    folder = StudyFolder(Path(study_dir))
+    table = read_leaderboard(folder.leaderboard)
+    metric, mode = ranked_by(table)
     frame = table.to_pandas()
-    metric = meta.get(b"vlm2rec.metric", b"val/ndcg@10").decode()
-    mode = meta.get(b"vlm2rec.mode", b"max").decode()
-    name = str(frame["study"].iloc[0]) if len(frame) else study_dir.name
+    name = str(frame["study"].iloc[0]) if len(frame) else folder.root.name
     params = [c.removeprefix("param.") for c in frame.columns if c.startswith("param.")]
-    dists = _optuna_distributions(study_dir, name)
+    dists = _optuna_distributions(folder.root, name)
     searched = frame[frame["kind"] == "search"]  # the reference's alpha = 0 is not in the range
     log = {
         p
         for p in params
         if (getattr(dists[p], "log", False) if p in dists else _looks_log(searched[f"param.{p}"]))
     }
-    histories = {}
-    for path in sorted((study_dir / "trials").glob("*.json")):
-        record = json.loads(path.read_text())
-        histories[str(record.get("trial_id", path.stem))] = list(record.get("history", []))
+    histories = {r.trial_id: list(r.history) for r in read_records(folder)}
     return StudyData(name, frame, metric, mode, params, frozenset(log), histories)
 
 
@@ -254,16 +258,14 @@ def fig_parallel(
 
 def param_importances(study_dir: str | Path, name: str) -> tuple[dict[str, float] | None, str]:
     """Optuna's PED-ANOVA importances of the stored search study, or ``(None, why not)``."""
-    db = Path(study_dir) / "optuna.db"
+    db = StudyFolder(Path(study_dir)).optuna_db
     if not db.exists():
         return None, f"no {db.name} in the study folder: importances need the stored search study"
+    study = _stored_study(Path(study_dir), name)
+    if study is None:
+        return None, f"{db.name} holds no study named {name!r}"
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-    except KeyError:
-        return None, f"{db.name} holds no study named {name!r}"
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(done) < MIN_IMPORTANCE_TRIALS:
         return None, (
@@ -441,13 +443,15 @@ def try_write_report(study_dir: str | Path, top: int = 10) -> Path | None:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """CLI entry point (``prog``: the name usage lines show); exit 2 without a leaderboard."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("study_dir", type=Path, help="a study folder (holds leaderboard.parquet)")
     p.add_argument("--top", type=int, default=10, help="trials in the table and bar chart")
     args = p.parse_args(argv)
-    if not (args.study_dir / "leaderboard.parquet").exists():
-        print(f"error: {args.study_dir}/leaderboard.parquet: no leaderboard", file=sys.stderr)
+    board = StudyFolder(args.study_dir).leaderboard
+    if not board.exists():
+        print(f"error: {board}: no leaderboard", file=sys.stderr)
         return 2
     print(f"report: {write_report(args.study_dir, args.top)}")
     return 0

@@ -13,12 +13,14 @@ A study file names a base run config, study settings, fixed overrides and search
     high = 4.0
     log = true
 
-Loading is strict: an unknown key anywhere, a wrong type, an empty range, a parameter path that is
-not a config path, or a corner value that the run config rejects is a :class:`SearchSpaceError`
-naming the file and the key. Every corner (each float/int bound, each categorical choice, in all
-combinations) is built into a :class:`~vlm2rec.config.RunConfig` at load time, so a study never
-discovers a bad value hours into a cluster run. ``ray.tune`` and ``optuna`` are imported lazily by
-the conversion functions only.
+Loading is strict, and goes through the same machinery as run configs (``vlm2rec.config.from_dict``:
+each table is a frozen dataclass, so an unknown key gets a did-you-mean and a wrong type names the
+key): an unknown key anywhere, a wrong type, an empty range, a parameter path that is not a config
+path, or a corner value that the run config rejects is a :class:`SearchSpaceError` naming the file
+and the key. Every corner (each float/int bound, each categorical choice, in all combinations) is
+built into a :class:`~vlm2rec.config.RunConfig` at load time, so a study never discovers a bad
+value hours into a cluster run; the base run config itself is resolved once, when the spec is
+made. ``ray.tune`` and ``optuna`` are imported lazily by the conversion functions only.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from study.records import plain
 from vlm2rec.config import (
     ConfigError,
     RunConfig,
@@ -41,6 +44,7 @@ from vlm2rec.config import (
     from_dict,
     load_config,
     to_dict,
+    unknown_key,
 )
 
 __all__ = [
@@ -58,6 +62,7 @@ __all__ = [
     "param_kind",
     "to_optuna_distributions",
     "to_tune_param_space",
+    "trial_config",
 ]
 
 Sampler = Literal["tpe", "random", "gp", "cmaes", "grid"]
@@ -115,6 +120,19 @@ class StudySettings:
                 raise ConfigError(f"study.{key}: {msg}")
 
 
+def _bad(path: str, key: str, msg: str) -> ConfigError:
+    return ConfigError(f'params."{path}".{key}: {msg}')
+
+
+def _check_range(p: FloatParam | IntParam) -> None:
+    if not p.low < p.high:
+        raise _bad(p.path, "low", f"must be < high (got low={p.low}, high={p.high})")
+    if p.log and p.low <= 0:
+        raise _bad(
+            p.path, "low", f"must be > 0 for log = true (got {p.low}); use a categorical for 0"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class FloatParam:
     """Uniform (or log-uniform) float in ``[low, high]``."""
@@ -123,6 +141,9 @@ class FloatParam:
     low: float  #: lower bound (inclusive)
     high: float  #: upper bound
     log: bool = False  #: sample log-uniformly (needs low > 0)
+
+    def __post_init__(self) -> None:
+        _check_range(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +156,21 @@ class IntParam:
     step: int = 1  #: grid step
     log: bool = False  #: sample log-uniformly (needs low > 0 and step = 1)
 
+    def __post_init__(self) -> None:
+        _check_range(self)
+        if self.step < 1:
+            raise _bad(self.path, "step", "must be >= 1")
+        if self.step > 1 and (self.low % self.step or (self.high - self.low) % self.step):
+            # Tune's qrandint rounds to multiples of step, Optuna counts from low: they agree
+            # only when low and high both sit on the step grid.
+            raise _bad(
+                self.path,
+                "step",
+                f"low={self.low} and high={self.high} must be multiples of step={self.step}",
+            )
+        if self.log and self.step != 1:
+            raise _bad(self.path, "log", "log = true needs step = 1")
+
 
 @dataclasses.dataclass(frozen=True)
 class CategoricalParam:
@@ -142,6 +178,18 @@ class CategoricalParam:
 
     path: str  #: dotted config path
     choices: tuple[Any, ...]  #: the values
+
+    def __post_init__(self) -> None:
+        if not self.choices:
+            raise _bad(self.path, "choices", "must not be empty")
+        if any(not isinstance(c, str | int | float | bool) for c in self.choices):
+            raise _bad(self.path, "choices", "values must be strings, numbers or booleans")
+        if param_kind(self) == "string" and not all(isinstance(c, str) for c in self.choices):
+            raise _bad(
+                self.path, "choices", f"mixes strings with other values: {list(self.choices)}"
+            )
+        if len(set(self.choices)) != len(self.choices):
+            raise _bad(self.path, "choices", f"repeats a value: {list(self.choices)}")
 
 
 Param = FloatParam | IntParam | CategoricalParam
@@ -167,37 +215,50 @@ def param_kind(param: Param) -> ParamKind:
     return "string"
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars (what Tune samples) -> Python values the strict config accepts."""
-    item = getattr(value, "item", None)
-    return item() if callable(item) and not isinstance(value, str | bytes) else value
+def trial_config(base: Mapping[str, Any], params: Mapping[str, Any]) -> RunConfig:
+    """A trial's run config: ``base`` (a run config as a dict) overridden by its sampled dotted-path
+    ``params``, numpy scalars included (what the Tune driver and the study recorder both need)."""
+    return apply_overrides(from_dict(base), {k: plain(v) for k, v in params.items()})
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpec:
-    """A loaded study: base run config + fixed overrides + searched parameters."""
+    """A loaded study: base run config + fixed overrides + searched parameters.
+
+    Making one checks that every ``[fixed]`` and ``[params]`` key is a config path and resolves
+    ``base`` + ``fixed`` once (:meth:`base_config`); :func:`load_search_spec` checks the rest.
+    """
 
     source: str  #: the study file (for messages)
     study: StudySettings  #: the [study] table
     base: RunConfig  #: the base run config as read (before `fixed`)
     fixed: Mapping[str, Any]  #: dotted-path overrides applied to `base`
     params: tuple[Param, ...]  #: searched parameters, in file order (`seed` last when from seeds)
+    _config: RunConfig = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_paths(self)
+        try:
+            config = apply_overrides(self.base, self.fixed)
+        except ConfigError as exc:
+            raise SearchSpaceError(f"{self.source}: [fixed]: {exc}") from None
+        object.__setattr__(self, "_config", config)  # frozen: set once, here
 
     def base_config(self) -> RunConfig:
         """Base run config with the ``[fixed]`` overrides applied."""
-        return apply_overrides(self.base, self.fixed)
+        return self._config
 
     def run_config(self, sampled: Mapping[str, Any]) -> RunConfig:
         """Run config of one trial: base + fixed + the sampled ``{path: value}``."""
-        values = {k: _plain(v) for k, v in sampled.items()}
+        values = {k: plain(v) for k, v in sampled.items()}
         try:
-            return apply_overrides(self.base_config(), values)
+            return apply_overrides(self._config, values)
         except ConfigError as exc:
             raise SearchSpaceError(f"{self.source}: sampled {values}: {exc}") from None
 
     def reference_params(self) -> dict[str, Any]:
         """Baseline trial: ``loss.alpha = loss.beta = 0``, other searched params at base values."""
-        flat = _flat_config(self.base_config())
+        flat = _flat_config(self._config)
         ref = {p.path: flat[p.path] for p in self.params}
         ref.update({"loss.alpha": 0.0, "loss.beta": 0.0})
         return ref
@@ -215,102 +276,46 @@ def _flat_config(cfg: RunConfig) -> dict[str, Any]:
     return flatten(to_dict(cfg))
 
 
+def _check_paths(spec: SearchSpec) -> None:
+    """Every key must be a leaf config field (a table such as ``loss`` is not a value)."""
+    leaves = list(_flat_config(RunConfig()))
+    keys = [(f'params."{p.path}"', p.path) for p in spec.params]
+    keys += [(f'[fixed] "{k}"', k) for k in spec.fixed]
+    for where, path in keys:
+        if path not in leaves:
+            close = difflib.get_close_matches(path, leaves, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise SearchSpaceError(f"{spec.source}: {where}: not a config path{hint}")
+    for p in spec.params:
+        if p.path in spec.fixed:
+            raise SearchSpaceError(f'{spec.source}: params."{p.path}": also set in [fixed]')
+
+
 # ----------------------------------------------------------------------------- loading
 
 
-def _unknown(source: Path, where: str, key: str, valid: list[str]) -> SearchSpaceError:
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return SearchSpaceError(f"{source}: unknown key {where}{key}{hint} (valid: {', '.join(valid)})")
+@dataclasses.dataclass(frozen=True)
+class _SpaceFile:
+    """The top level of a study file, before its tables are read."""
+
+    study: dict  #: the [study] table (StudySettings)
+    base: str | None = None  #: base run config, relative to the study file
+    fixed: dict = dataclasses.field(default_factory=dict)  #: {dotted path: value}, maybe nested
+    params: dict = dataclasses.field(default_factory=dict)  #: {dotted path: parameter table}
 
 
-def _check_keys(source: Path, where: str, table: Mapping[str, Any], valid: list[str]) -> None:
-    for key in table:
-        if key not in valid:
-            raise _unknown(source, where, str(key), valid)
-
-
-def _typed(source: Path, key: str, value: Any, tp: type | tuple[type, ...]) -> Any:
-    """Type check with int accepted as float and bool never a number."""
-    want = tp if isinstance(tp, tuple) else (tp,)
-    if float in want and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) and bool not in want:
-        raise SearchSpaceError(f"{source}: {key}: expected {want[0].__name__}, got bool")
-    if not isinstance(value, want):
-        names = "/".join(t.__name__ for t in want)
-        raise SearchSpaceError(f"{source}: {key}: expected {names}, got {value!r}")
-    return value
-
-
-def _load_study(source: Path, table: Any) -> StudySettings:
-    if not isinstance(table, Mapping):
-        raise SearchSpaceError(f"{source}: [study]: expected a table")
-    _check_keys(source, "study.", table, [f.name for f in dataclasses.fields(StudySettings)])
-    if "name" not in table:
-        raise SearchSpaceError(f"{source}: study.name: required")
-    try:
-        return from_dict(dict(table), StudySettings)
-    except ConfigError as exc:
-        msg = str(exc)
-        raise SearchSpaceError(
-            f"{source}: {'' if msg.startswith('study.') else 'study.'}{msg}"
-        ) from None
-
-
-def _load_param(source: Path, path: str, table: Any) -> Param:
+def _load_param(path: str, table: Any) -> Param:
     where = f'params."{path}".'
     if not isinstance(table, Mapping) or "type" not in table:
-        raise SearchSpaceError(
-            f"{source}: {where[:-1]}: expected a table with a `type` key "
+        raise ConfigError(
+            f"{where[:-1]}: expected a table with a `type` key "
             f'(quote dotted paths: [params."loss.alpha"])'
         )
     kind = table["type"]
     if kind not in _PARAM_CLASSES:
-        raise _unknown(source, f"{where}type = ", str(kind), list(_PARAM_CLASSES))
-    cls = _PARAM_CLASSES[kind]
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+        raise unknown_key(str(kind), list(_PARAM_CLASSES), where=f"{where}type = ")
     body = {k: v for k, v in table.items() if k != "type"}
-    _check_keys(source, where, body, ["type", *fields])
-    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in body]
-    if missing:
-        raise SearchSpaceError(f"{source}: {where}{missing[0]}: required")
-    if cls is CategoricalParam:
-        choices = _typed(source, where + "choices", body["choices"], list)
-        return _check_param(source, where, CategoricalParam(path, tuple(choices)))
-    num: type = float if cls is FloatParam else int
-    kwargs = {k: _typed(source, where + k, v, bool if k == "log" else num) for k, v in body.items()}
-    return _check_param(source, where, cls(path=path, **kwargs))
-
-
-def _check_param(source: Path, where: str, p: Param) -> Param:
-    def fail(key: str, msg: str) -> SearchSpaceError:
-        return SearchSpaceError(f"{source}: {where}{key}: {msg}")
-
-    if isinstance(p, CategoricalParam):
-        if not p.choices:
-            raise fail("choices", "must not be empty")
-        if any(not isinstance(c, str | int | float | bool) for c in p.choices):
-            raise fail("choices", "values must be strings, numbers or booleans")
-        if param_kind(p) == "string" and not all(isinstance(c, str) for c in p.choices):
-            raise fail("choices", f"mixes strings with other values: {list(p.choices)}")
-        if len(set(p.choices)) != len(p.choices):
-            raise fail("choices", f"repeats a value: {list(p.choices)}")
-        return p
-    if not p.low < p.high:
-        raise fail("low", f"must be < high (got low={p.low}, high={p.high})")
-    if p.log and p.low <= 0:
-        raise fail("low", f"must be > 0 for log = true (got {p.low}); use a categorical for 0")
-    if isinstance(p, IntParam):
-        if p.step < 1:
-            raise fail("step", "must be >= 1")
-        if p.step > 1 and (p.low % p.step or (p.high - p.low) % p.step):
-            # Tune's qrandint rounds to multiples of step, Optuna counts from low: they agree
-            # only when low and high both sit on the step grid.
-            raise fail("step", f"low={p.low} and high={p.high} must be multiples of step={p.step}")
-        if p.log and p.step != 1:
-            raise fail("log", "log = true needs step = 1")
-    return p
+    return from_dict(body, _PARAM_CLASSES[kind], where=where, preset={"path": path})
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -326,22 +331,22 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def load_search_spec(path: str | Path) -> SearchSpec:
     """Read and fully validate a study TOML file (see the module docstring for the format)."""
     source = Path(path)
-    data = _read_toml(source)
-    _check_keys(source, "", data, ["base", "study", "fixed", "params"])
-    if "study" not in data:
-        raise SearchSpaceError(f"{source}: [study]: required table is missing")
-    study = _load_study(source, data["study"])
+    try:
+        raw = from_dict(_read_toml(source), _SpaceFile)
+        study = from_dict(raw.study, StudySettings, where="study.")
+        params = [_load_param(str(k), v) for k, v in raw.params.items()]
+    except SearchSpaceError:
+        raise
+    except ConfigError as exc:
+        raise SearchSpaceError(f"{source}: {exc}") from None
     base = RunConfig()
-    if "base" in data:
-        base_path = source.parent / _typed(source, "base", data["base"], str)
+    if raw.base is not None:
         try:
-            base = load_config(base_path)
+            base = load_config(source.parent / raw.base)
         except ConfigError as exc:
-            raise SearchSpaceError(f"{source}: base = {data['base']!r}: {exc}") from None
+            raise SearchSpaceError(f"{source}: base = {raw.base!r}: {exc}") from None
     # Quoted ("train.epochs" = 6) and nested (train.epochs = 6) TOML keys both mean a dotted path.
-    fixed = flatten(_typed(source, "[fixed]", data.get("fixed", {}), dict))
-    params_table = _typed(source, "[params]", data.get("params", {}), dict)
-    params = [_load_param(source, str(k), v) for k, v in params_table.items()]
+    fixed = flatten(raw.fixed)
     params += _seed_param(source, study, fixed, params)
     spec = SearchSpec(str(source), study, base, fixed, tuple(params))
     _check_spec(source, spec)
@@ -368,38 +373,18 @@ def _seed_param(
     return [CategoricalParam("seed", study.seeds)]
 
 
-def _check_paths(source: Path, spec: SearchSpec) -> None:
-    """Every key must be a leaf config field (a table such as ``loss`` is not a value)."""
-    leaves = list(_flat_config(RunConfig()))
-    keys = [(f'params."{p.path}"', p.path) for p in spec.params]
-    keys += [(f'[fixed] "{k}"', k) for k in spec.fixed]
-    for where, path in keys:
-        if path not in leaves:
-            close = difflib.get_close_matches(path, leaves, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise SearchSpaceError(f"{source}: {where}: not a config path{hint}")
-
-
 def _check_spec(source: Path, spec: SearchSpec) -> None:
-    _check_paths(source, spec)
-    for p in spec.params:
-        if p.path in spec.fixed:
-            raise SearchSpaceError(f'{source}: params."{p.path}": also set in [fixed]')
-    try:
-        spec.base_config()
-    except ConfigError as exc:
-        raise SearchSpaceError(f"{source}: [fixed]: {exc}") from None
-    epochs = spec.base_config().train.epochs
+    base = spec.base_config()
     searched = {p.path for p in spec.params}
     if (
         spec.study.scheduler == "asha"
         and "train.epochs" not in searched
-        and spec.study.max_t != epochs
+        and spec.study.max_t != base.train.epochs
     ):
         # ASHA's max_t below the epochs cuts every trial before its test pass; above, the
         # top rungs are never reached. Both silently change what the study measures.
         raise SearchSpaceError(
-            f"{source}: study.max_t = {spec.study.max_t} but train.epochs = {epochs}: "
+            f"{source}: study.max_t = {spec.study.max_t} but train.epochs = {base.train.epochs}: "
             "ASHA counts reported epochs, make them equal"
         )
     if spec.study.sampler == "grid":
@@ -413,7 +398,6 @@ def _check_spec(source: Path, spec: SearchSpec) -> None:
                 f"{source}: study.num_samples = {spec.study.num_samples} but the grid has "
                 f"{spec.grid_size()} points"
             )
-    base = spec.base_config()
     for point in corner_points(spec):
         _check_point(source, base, point)
     if spec.study.reference:  # after the corners: reference_params needs valid paths

@@ -1,14 +1,15 @@
-"""The Ray side of ``run_search.py``: connect, preflight, run the reference and search Tuners, report.
+"""The Ray side of a study: connect, run the reference and search Tuners, write the report.
 
-Two Tune experiments live in one study folder: ``reference/`` (the ``alpha = beta = 0`` baseline, one
-trial, no scheduler, not told to the sampler: METHOD.md §8) and ``search/`` (OptunaSearch + ASHA).
-Each is restored with ``Tuner.restore(resume_errored=True)`` when its state exists, so rerunning the
-command after a crash or Ctrl-C continues the study; ``study_done.json`` marks a finished study.
+``run_search.py`` hands over a checked :class:`~study.plan.StudyPlan` that fits the cluster. Two
+Tune experiments live in one study folder: ``reference/`` (the ``alpha = beta = 0`` baseline, one
+trial, no scheduler, not told to the sampler: docs/METHOD.md §8) and ``search/`` (OptunaSearch +
+ASHA). Each is restored with ``Tuner.restore(resume_errored=True)`` when its state exists, so
+rerunning the command after a crash or Ctrl-C continues the study; ``study_done.json`` marks a
+finished study. The Ray behaviour this relies on is in docs/ARCHITECTURE.md ("Ray traps").
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -26,20 +27,26 @@ from ray.tune.search.optuna import OptunaSearch
 
 from study.callbacks import StudyContext, StudyRecorder, rebuild_leaderboard
 from study.driver import TrialPlan, run_trial
-from study.leaderboard import read_leaderboard
+from study.leaderboard import summary
+from study.plan import DRIVER_CPUS, EXIT_INTERRUPTED, StudyPlan
+from study.records import VERSION_PACKAGES, Kind, StudyFolder
 from study.search_space import SearchSpec, StudySettings, make_sampler, to_tune_param_space
+from vlm2rec.atomic import atomic_write_text
 from vlm2rec.config import to_dict
 from vlm2rec.data.prepare import ensure_dataset
+from vlm2rec.data.schema import PreparedDataset
 
-__all__ = ["LOCAL_RAY_ENV", "make_scheduler", "run_study"]
+__all__ = ["LOCAL_RAY_ENV", "STUDY_ENV", "connect", "make_scheduler", "run_study"]
 
 REPO = Path(__file__).resolve().parents[1]
-DONE = "study_done.json"
-#: Ray Train settings for a Ray this process starts on the local machine (RAY.md): no spot
-#: preemption to watch for and no Prometheus to scrape Train's metrics, and the controller polls
-#: its workers every 0.5 s instead of 2 s, so it notices each report and the end of a run sooner.
-#: RAY.md: ~3 s less per Train run; bench/overhead.py measures them with the lazy model import in
-#: study/worker.py. A cluster keeps Ray's defaults.
+#: Environment of every study driver: Tune's automatic CSV/JSON/TBX loggers off (they duplicate
+#: the study's own records and rename tags, '@' -> '_'), and no usage statistics sent.
+STUDY_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+#: Ray Train settings for a Ray this process starts on the local machine: no spot preemption to
+#: watch for and no Prometheus to scrape Train's metrics, and the controller polls its workers
+#: every 0.5 s instead of 2 s, so it notices each report and the end of a run sooner (about 3 s
+#: less per Train run; bench/overhead.py measures them with the lazy model import in
+#: study/worker.py). A cluster keeps Ray's defaults.
 LOCAL_RAY_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
@@ -57,12 +64,21 @@ def _git_sha() -> str | None:
 def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    return {p: version(p) for p in ("torch", "transformers", "ray", "optuna")}
+    return {p: version(p) for p in VERSION_PACKAGES}
 
 
-def _connect(address: str) -> bool:
+def connect(address: str) -> dict[str, float]:
+    """Join the Ray at ``address`` (or start a local one) and return what it offers."""
+    _start(address)
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def _start(address: str) -> bool:
     """Start a local Ray (dashboard on 127.0.0.1: Train needs it to free stopped trials' workers,
-    RAY.md) or join a cluster, unless this process is already connected; True if we started it."""
+    docs/ARCHITECTURE.md) or join a cluster, unless this process is already connected; True if
+    this call started it."""
+    for key, value in STUDY_ENV.items():
+        os.environ.setdefault(key, value)
     if ray.is_initialized():
         return False
     if address == "local":
@@ -75,9 +91,14 @@ def _connect(address: str) -> bool:
 
 
 def _tuner(
-    kind: str, spec: SearchSpec, study_dir: Path, trainable: Any, ctx: StudyContext, concurrent: int
+    kind: Kind,
+    spec: SearchSpec,
+    folder: StudyFolder,
+    trainable: Any,
+    ctx: StudyContext,
+    concurrent: int,
 ) -> tune.Tuner:
-    path = study_dir / kind
+    path = folder.root / kind
     if tune.Tuner.can_restore(str(path)):
         print(f"resuming {path}", flush=True)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
@@ -94,7 +115,7 @@ def _tuner(
             mode=s.mode,
             sampler=make_sampler(spec),
             study_name=ctx.study,
-            storage=_optuna_storage(study_dir),
+            storage=_optuna_storage(folder.optuna_db),
         )
         scheduler = make_scheduler(s)
         tune_config = tune.TuneConfig(
@@ -108,7 +129,7 @@ def _tuner(
         )
     run_config = tune.RunConfig(
         name=kind,
-        storage_path=str(study_dir),
+        storage_path=str(folder.root),
         callbacks=[StudyRecorder(ctx, kind)],
         failure_config=tune.FailureConfig(max_failures=0),
         verbose=0,  # StudyRecorder prints one line per epoch instead of the full result dict
@@ -130,10 +151,10 @@ def make_scheduler(s: StudySettings) -> TrialScheduler:
     )
 
 
-def _optuna_storage(study_dir: Path) -> Any:
+def _optuna_storage(db: Path) -> Any:
     import optuna
 
-    return optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    return optuna.storages.RDBStorage(f"sqlite:///{db}")
 
 
 def _fit_interrupted(tuner: tune.Tuner) -> bool:
@@ -162,64 +183,28 @@ def _fit_interrupted(tuner: tune.Tuner) -> bool:
         signal.signal(signal.SIGINT, previous)
 
 
-def _print_summary(study_dir: Path, metric: str, top: int = 10) -> None:
-    frame = read_leaderboard(study_dir / "leaderboard.parquet").to_pandas()
-    cols = ["rank", "kind", "status", metric, "best_epoch", "epochs", "wall_s"]
-    cols += [c for c in frame.columns if c.startswith("param.")] + [
-        f"test/{metric.split('/', 1)[1]}"
-    ]
-    print(
-        frame[[c for c in cols if c in frame.columns]].head(top).to_string(index=False), flush=True
-    )
-    print(f"\nleaderboard:  {study_dir / 'leaderboard.parquet'}")
-    print(f"tensorboard:  tensorboard --logdir {study_dir / 'tensorboard'}")
-    print(f"optuna:       optuna-dashboard sqlite:///{study_dir / 'optuna.db'}")
-
-
-def run_study(
-    spec: SearchSpec, name: str, study_dir: Path, train_storage: str, args: argparse.Namespace
-) -> int:
-    """Run (or resume) the study; returns the process exit code."""
-    from study.run_search import DRIVER_CPUS, EXIT_INTERRUPTED, local_resources, preflight
-
-    if (study_dir / DONE).exists():
-        print(f"study {name} is finished ({study_dir / DONE}); its leaderboard:")
-        _print_summary(study_dir, spec.study.metric)
-        return 0
-    if args.address == "local" and not ray.is_initialized() and not args.skip_preflight:
-        preflight(spec, local_resources())  # refuse before paying for a Ray start-up
-    base = spec.base_config()
-    dataset = ensure_dataset(base.data)  # build the synthetic benchmark once, on the driver
-    # With Tune's file loggers off (our records replace them) its result grid warns once per trial
-    # that result.json is missing: true and expected.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    started = _connect(args.address)
-    cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
-    print(
-        "cluster:", {k: v for k, v in cluster.items() if k in ("CPU", "GPU", "driver")}, flush=True
-    )
-    fits = 1 if args.skip_preflight else preflight(spec, cluster)
-    if args.dry_run:
-        print(f"preflight ok: {fits} trial(s) fit at once")
-        return 0
-    s = spec.study
-    concurrent = s.max_concurrent_trials or fits
-    study_dir.mkdir(parents=True, exist_ok=True)
-    ctx = StudyContext(
-        study=name,
-        study_dir=str(study_dir),
+def _context(plan: StudyPlan, dataset: PreparedDataset) -> StudyContext:
+    s = plan.spec.study
+    return StudyContext(
+        study=plan.name,
+        study_dir=str(plan.folder.root),
         metric=s.metric,
         mode=s.mode,
-        param_kinds=dict(spec.param_kinds()),
-        base=to_dict(base),
+        param_kinds=dict(plan.spec.param_kinds()),
+        base=to_dict(plan.spec.base_config()),
         gpus_per_trial=s.workers_per_trial * s.gpus_per_worker,
         data_fingerprint=dataset.fingerprint,
         git_sha=_git_sha(),
         versions=_versions(),
     )
-    plan = TrialPlan(
-        base=to_dict(base),
-        train_storage=train_storage,
+
+
+def _trainable(plan: StudyPlan, cluster: dict[str, float]) -> Any:
+    """:func:`study.driver.run_trial` with the study's trial plan, wrapped with its resources."""
+    s = plan.spec.study
+    trial_plan = TrialPlan(
+        base=to_dict(plan.spec.base_config()),
+        train_storage=plan.train_storage,
         workers_per_trial=s.workers_per_trial,
         gpus_per_worker=s.gpus_per_worker,
         cpus_per_worker=s.cpus_per_worker,
@@ -227,23 +212,42 @@ def run_study(
     )
     # On a cluster whose head offers a "driver" resource (cluster.yaml), trial drivers stay there.
     driver = {"CPU": DRIVER_CPUS, **({"driver": 1} if "driver" in cluster else {})}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), driver)
+    return tune.with_resources(tune.with_parameters(run_trial, plan=trial_plan), driver)
+
+
+def run_study(plan: StudyPlan, fits: int) -> int:
+    """Run (or resume) the study of ``plan``, of which ``fits`` trials fit the cluster at once;
+    returns the process exit code."""
+    spec, folder = plan.spec, plan.folder
+    dataset = ensure_dataset(spec.base_config().data)  # build the synthetic benchmark once, here
+    # With Tune's file loggers off (our records replace them) its result grid warns once per trial
+    # that result.json is missing: true and expected.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    started = _start(plan.options.address) and plan.options.address == "local"
+    cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
+    print(
+        "cluster:", {k: v for k, v in cluster.items() if k in ("CPU", "GPU", "driver")}, flush=True
+    )
+    ctx = _context(plan, dataset)
+    trainable = _trainable(plan, cluster)
+    concurrent = spec.study.max_concurrent_trials or fits
     start = time.perf_counter()
-    for kind in (["reference"] if s.reference else []) + ["search"]:
-        if _fit_interrupted(_tuner(kind, spec, study_dir, trainable, ctx, concurrent)):
+    kinds: list[Kind] = ["reference", "search"] if spec.study.reference else ["search"]
+    for kind in kinds:
+        if _fit_interrupted(_tuner(kind, spec, folder, trainable, ctx, concurrent)):
             rebuild_leaderboard(ctx)  # what finished so far; the study is not marked done
-            print(f"\ninterrupted: rerun the same command to resume study {name}", flush=True)
-            if started and args.address == "local":
+            print(f"\ninterrupted: rerun the same command to resume study {plan.name}", flush=True)
+            if started:
                 ray.shutdown()
             return EXIT_INTERRUPTED
     rebuild_leaderboard(ctx)
     wall = time.perf_counter() - start
-    (study_dir / DONE).write_text(json.dumps({"wall_s": wall, "finished": time.time()}) + "\n")
-    print(f"\nstudy {name} finished in {wall:.0f} s")
-    _print_summary(study_dir, s.metric)
+    atomic_write_text(folder.done, json.dumps({"wall_s": wall, "finished": time.time()}) + "\n")
+    print(f"\nstudy {plan.name} finished in {wall:.0f} s")
+    print(summary(folder, spec.study.metric), flush=True)
     from study.report import try_write_report  # matplotlib only when a study ends
 
-    try_write_report(study_dir)  # a plotting failure is a printed warning, never a failed study
-    if started and args.address == "local":
+    try_write_report(folder.root)  # a plotting failure is a printed warning, never a failed study
+    if started:
         ray.shutdown()  # stop our local instance before exit, not under the workers' feet
     return 0

@@ -1,8 +1,9 @@
 """The per-worker loop that Ray Train runs: config from a dict, DistInfo from Ray, then ``fit``.
 
-Every rank calls :func:`train_loop_per_worker`. Ray Train owns the process group (the launcher, as
-DESIGN.md rule 4 asks); this module only translates Ray's context into the library's values and turns
-``fit``'s reports into ``ray.train.report`` calls (a barrier: every rank reports once per epoch).
+Every rank calls :func:`train_loop_per_worker`. Ray Train owns the process group (the launcher
+always does: docs/ARCHITECTURE.md, "Layers"); this module only translates Ray's context into the
+library's values and turns ``fit``'s reports into ``ray.train.report`` calls (a barrier: every
+rank reports once per epoch).
 
 Fault injection (for the fault drills in ``tests/test_fault_drills.py``; inert unless set): with the
 environment variables ``VLM2REC_FAULT_KILL_RANK=r``, ``VLM2REC_FAULT_KILL_EPOCH=e`` and

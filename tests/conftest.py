@@ -40,9 +40,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> PreparedDataset:
 def ray_local() -> Iterator[None]:
     """One local Ray instance shared by every Ray test (start-up costs ~10 s).
 
-    Logical CPUs may exceed physical cores (RAY.md): 4 lets a trial driver (0.5 CPU) and its two
-    0.5-CPU Train workers run beside a second trial. The dashboard stays on: Train needs it to free
-    the workers of trials that ASHA stops.
+    Logical CPUs may exceed physical cores (docs/ARCHITECTURE.md, "Ray traps"): 4 lets a trial
+    driver (0.5 CPU) and its two 0.5-CPU Train workers run beside a second trial. The dashboard
+    stays on: Train needs it to free the workers of trials that ASHA stops.
     """
     import os
 

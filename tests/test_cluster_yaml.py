@@ -51,7 +51,8 @@ FILES = cluster_files()
 
 
 def ray_validate(raw: dict[str, Any]) -> dict[str, Any]:
-    """What `ray up` checks before touching a cloud (RAY.md): defaults, then the JSON schema.
+    """What `ray up` checks before touching a cloud (docs/ARCHITECTURE.md, "Ray traps"): defaults,
+    then the JSON schema.
 
     AWS fills each node type's `resources` from the instance type at `ray up`; the schema needs
     the key, so an absent one is given as empty here.

@@ -1,6 +1,7 @@
-"""study/confirm.py: the t distribution against closed forms and printed tables, CI and paired test
-against hand computations, candidate and seed choice, resume, and one end-to-end confirmation of a
-fabricated study whose configs train tiny-clip for one epoch on the shared 60-user fixture."""
+"""study/confirm.py: CIs against printed t tables, p-values against the closed-form t CDFs, CI and
+paired test against hand computations, candidate and seed choice, resume, and one end-to-end
+confirmation of a fabricated study whose configs train tiny-clip for one epoch on the shared
+60-user fixture."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import json
 import math
 import shutil
+import statistics
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,12 @@ from study.confirm import (
     main,
     mean_ci,
     paired_t_test,
-    regularized_beta,
     run_confirm,
     select_candidates,
-    student_t_cdf,
     summarise,
-    t_quantile,
 )
-from study.leaderboard import TrialRecord, build_rows, write_leaderboard
+from study.leaderboard import build_rows, write_leaderboard
+from study.records import TrialRecord
 from vlm2rec.config import RunConfig, SyntheticConfig, apply_overrides, to_dict
 from vlm2rec.data.schema import PreparedDataset
 
@@ -50,44 +50,37 @@ T_TABLE = [
 
 
 @pytest.mark.parametrize(("p", "df", "expected"), T_TABLE)
-def test_t_quantile_matches_printed_tables(p: float, df: int, expected: float) -> None:
-    assert t_quantile(p, df) == pytest.approx(expected, rel=2e-5)
-    assert t_quantile(1 - p, df) == pytest.approx(-expected, rel=2e-5)  # symmetric
+def test_ci_half_width_uses_the_printed_t_quantile(p: float, df: int, expected: float) -> None:
+    # n = df + 1 values; a two-sided interval at level 2p - 1 is t_{p, df} standard errors wide.
+    values = [float(i * i) for i in range(df + 1)]
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    _, half = mean_ci(values, level=2 * p - 1)
+    assert half / sem == pytest.approx(expected, rel=2e-5)
 
 
-def test_t_quantile_approaches_the_normal_for_large_df() -> None:
-    assert t_quantile(0.975, 1e6) == pytest.approx(1.959964, abs=1e-5)
+def _t_cdf(t: float, df: int) -> float:
+    """Student t CDF in closed form for df = 1 (Cauchy), 2 and 3."""
+    if df == 1:
+        return 0.5 + math.atan(t) / math.pi
+    if df == 2:
+        return 0.5 + t / (2.0 * math.sqrt(2.0 + t * t))
+    return (
+        0.5 + (t / (math.sqrt(3.0) * (1.0 + t * t / 3.0)) + math.atan(t / math.sqrt(3.0))) / math.pi
+    )
+
+
+#: Differences with sample mean 0 and sample standard deviation 1, for n = 2, 3, 4 pairs.
+_UNIT = {2: [-(0.5**0.5), 0.5**0.5], 3: [-1.0, 0.0, 1.0], 4: [-(0.75**0.5)] * 2 + [0.75**0.5] * 2}
 
 
 @pytest.mark.parametrize("t", [-30.0, -2.5, -0.3, 0.0, 0.7, 1.9, 12.0])
-def test_student_t_cdf_matches_closed_forms_for_df_1_2_3(t: float) -> None:
-    cauchy = 0.5 + math.atan(t) / math.pi
-    df2 = 0.5 + t / (2.0 * math.sqrt(2.0 + t * t))
-    df3 = (
-        0.5 + (t / (math.sqrt(3.0) * (1.0 + t * t / 3.0)) + math.atan(t / math.sqrt(3.0))) / math.pi
-    )
-    assert student_t_cdf(t, 1) == pytest.approx(cauchy, abs=1e-12)
-    assert student_t_cdf(t, 2) == pytest.approx(df2, abs=1e-12)
-    assert student_t_cdf(t, 3) == pytest.approx(df3, abs=1e-12)
-
-
-@given(
-    x=st.integers(0, 2**20).map(lambda k: k / 2**20),  # 1 - x exact: symmetry is testable
-    a=st.floats(0.1, 30.0),
-    b=st.floats(0.1, 30.0),
-)
-@settings(max_examples=200, deadline=None)
-def test_regularized_beta_closed_forms_and_symmetry(x: float, a: float, b: float) -> None:
-    assert regularized_beta(x, a, 1.0) == pytest.approx(x**a, abs=1e-10)
-    assert regularized_beta(x, 1.0, b) == pytest.approx(1.0 - (1.0 - x) ** b, abs=1e-10)
-    assert regularized_beta(x, a, b) + regularized_beta(1.0 - x, b, a) == pytest.approx(
-        1.0, abs=1e-10
-    )
-
-
-def test_regularized_beta_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match=r"x=1\.5"):
-        regularized_beta(1.5, 1.0, 1.0)
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_p_value_matches_the_closed_form_t_cdf(t: float, n: int) -> None:
+    # d = t / sqrt(n) + unit: mean t / sqrt(n), s_d = 1, so the statistic is t on n - 1 df.
+    d = [t / math.sqrt(n) + u for u in _UNIT[n]]
+    res = paired_t_test(d, [0.0] * n)
+    assert res.t == pytest.approx(t, abs=1e-9)
+    assert res.p_value == pytest.approx(2.0 * (1.0 - _t_cdf(abs(t), n - 1)), abs=1e-10)
 
 
 def test_mean_ci_of_known_data() -> None:

@@ -53,7 +53,7 @@ type = "categorical"
 choices = {choices}
 """
 
-#: Train settings that make a 2-core drill quicker (RAY.md "Small machines and tests").
+#: Train settings that make a 2-core drill quicker (docs/ARCHITECTURE.md, "Ray traps").
 FAST_RAY_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",

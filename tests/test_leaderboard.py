@@ -18,14 +18,13 @@ from hypothesis import strategies as st
 
 from study.leaderboard import (
     LeaderboardError,
-    TrialRecord,
-    best_epoch_index,
     build_rows,
     merge,
     read_leaderboard,
     records_from_experiment,
     write_leaderboard,
 )
+from study.records import TrialRecord, best_epoch_index
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = {"loss.alpha": "float", "train.batch_size": "int", "loss.penalty_variant": "string"}

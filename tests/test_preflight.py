@@ -1,5 +1,5 @@
 """Bad input to ``run_search.py``: each one is exit code 2 and ONE ``error:`` line naming the problem,
-before any Ray trial starts (Ray is never even initialised here)."""
+before any Ray trial starts (Ray is never even initialised here); the checks live in study/plan.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from study import run_search
+from study import plan, run_search
+from study.search_space import load_search_spec
 from vlm2rec.data.schema import PreparedDataset
 
 BASE = """
@@ -211,7 +212,7 @@ def test_dataset_failing_validation_stops_a_real_run_before_ray(
     ],
 )
 def test_looks_like_path(name: str, is_path: bool) -> None:
-    assert run_search.looks_like_path(name) is is_path
+    assert plan.looks_like_path(name) is is_path
 
 
 @pytest.mark.parametrize("name", ["{root}/no-model", "./no-such-model-dir", "~/no/such/model"])
@@ -250,11 +251,11 @@ def test_missing_searched_model_choice_is_a_warning(
 # ---- resources ---------------------------------------------------------------------------------
 def test_preflight_counts_trials_that_fit(tmp_path: Path) -> None:
     _write(tmp_path)
-    spec = run_search.load_search_spec(tmp_path / "space.toml")
-    assert run_search.trial_resources(spec) == {"CPU": 1.5, "GPU": 0.0}
-    assert run_search.preflight(spec, {"CPU": 4.0, "GPU": 0.0}) == 2
-    with pytest.raises(run_search.PreflightError, match=r"CPU=1\.5"):
-        run_search.preflight(spec, {"CPU": 1.0})
+    spec = load_search_spec(tmp_path / "space.toml")
+    assert plan.trial_resources(spec) == {"CPU": 1.5, "GPU": 0.0}
+    assert plan.preflight(spec, {"CPU": 4.0, "GPU": 0.0}) == 2
+    with pytest.raises(plan.PreflightError, match=r"CPU=1\.5"):
+        plan.preflight(spec, {"CPU": 1.0})
 
 
 @pytest.mark.parametrize("dry_run", DRY_AND_REAL)

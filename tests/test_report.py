@@ -15,7 +15,8 @@ import pytest
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from study.leaderboard import TrialRecord, build_rows, write_leaderboard
+from study.leaderboard import build_rows, write_leaderboard
+from study.records import TrialRecord
 from study.report import (
     VIEWS,
     collapse_note,

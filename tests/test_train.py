@@ -28,7 +28,8 @@ from vlm2rec.model_eval import evaluate_model
 from vlm2rec.train import FitResult, NonFiniteLossError, build_run, eval_split, fit, lr_factor
 
 KS = (5, 10, 20)
-#: DESIGN.md rule 2: every epoch that validates reports exactly these (plus bookkeeping).
+#: docs/ARCHITECTURE.md "One name per number": every epoch that validates reports exactly these
+#: (plus bookkeeping).
 TRAIN_KEYS = {
     "train/loss",
     "train/cl_loss",
@@ -85,7 +86,7 @@ def _comparable(row: Mapping[str, float]) -> dict[str, float]:
     return {k: v for k, v in row.items() if not k.startswith("time/")}
 
 
-def test_fit_reports_rule2_keys_every_epoch(clip_run: tuple[RunConfig, FitResult]) -> None:
+def test_fit_reports_the_metric_names_every_epoch(clip_run: tuple[RunConfig, FitResult]) -> None:
     _, res = clip_run
     assert [h["epoch"] for h in res.history] == [1.0, 2.0, 3.0]
     for h in res.history[:-1]:

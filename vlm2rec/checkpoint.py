@@ -4,11 +4,13 @@ One folder per epoch::
 
     trainable.safetensors   current trainable weights
     best.safetensors        trainable weights of the best epoch so far
-    state.pt                optimiser, scheduler, RNG states (loaded with ``weights_only=True``)
+    state.pt                optimiser and scheduler states (loaded with ``weights_only=True``)
     progress.json           epoch, best epoch / metric, metric history, config
 
 Only trainable weights are stored: frozen weights are rebuilt from the config (a tiny model from its
-seed, a real checkpoint from ``from_pretrained``), so a LoRA checkpoint stays megabytes.
+seed, a real checkpoint from ``from_pretrained``), so a LoRA checkpoint stays megabytes. No RNG state
+is stored: ``fit`` reseeds every epoch from the run's seed (the ``rng`` entry in the ``state.pt`` of
+older checkpoints is read and ignored).
 """
 
 from __future__ import annotations

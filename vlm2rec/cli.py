@@ -10,7 +10,6 @@ import argparse
 import importlib
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,9 +57,9 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from vlm2rec.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True) + "\n")
 
 
 def _init_distributed() -> Any:

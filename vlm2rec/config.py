@@ -43,6 +43,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "to_dict",
+    "unknown_key",
 ]
 
 View = Literal["both", "text", "image"]
@@ -311,65 +312,104 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it in canonical form."""
+def _coerce(value: Any, tp: Any, key: str, where: str = "") -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form.
+
+    ``key`` is the value's dotted path; errors name it after ``where``, a place outside the
+    config's own paths (``study.`` for a search-space file's ``[study]`` table).
+    """
     origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
-        return _from_mapping(tp, value, prefix=f"{key}.")  # type: ignore[arg-type]
+            raise ConfigError(f"{where}{key}: expected a table, got {type(value).__name__}")
+        return _from_mapping(tp, value, prefix=f"{key}.", where=where)  # type: ignore[arg-type]
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{key}: expected one of {list(allowed)}, got {value!r}")
+            raise ConfigError(f"{where}{key}: expected one of {list(allowed)}, got {value!r}")
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+            raise ConfigError(f"{where}{key}: expected a list, got {type(value).__name__}")
         (item_tp, _ellipsis) = typing.get_args(tp)
-        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             if arg is type(None) and value is None:
                 return None
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__}")
+        raise ConfigError(f"{where}{key}: expected {_type_name(tp)}, got {type(value).__name__}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got bool")
+        raise ConfigError(f"{where}{key}: expected {tp.__name__}, got bool")
     if not isinstance(value, tp):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} ({value!r})")
+        raise ConfigError(
+            f"{where}{key}: expected {tp.__name__}, got {type(value).__name__} ({value!r})"
+        )
     return value
 
 
-def _unknown_key(key: str, names: list[str], prefix: str) -> ConfigError:
+def unknown_key(key: str, names: list[str], prefix: str = "", where: str = "") -> ConfigError:
+    """The error for ``key``, which is none of ``names``: it names the key and suggests the closest
+    names as they would be written in place (with the table's dotted ``prefix``; ``where``, a place
+    outside the config's paths, comes before the key only)."""
     close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
-    return ConfigError(f"unknown key {prefix}{key}{hint} (valid: {', '.join(names)})")
+    return ConfigError(f"unknown key {where}{prefix}{key}{hint} (valid: {', '.join(names)})")
 
 
-def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+def _from_mapping(
+    cls: type[T],
+    data: Mapping[str, Any],
+    prefix: str = "",
+    where: str = "",
+    preset: Mapping[str, Any] | None = None,
+) -> T:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
+    fields = [f for f in dataclasses.fields(cls) if f.name not in (preset or {})]  # type: ignore[arg-type]
+    names = [f.name for f in fields]
+    kwargs: dict[str, Any] = dict(preset or {})
     for key, value in data.items():
         if key not in names:
-            raise _unknown_key(str(key), names, prefix)
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
+            raise unknown_key(str(key), names, prefix, where)
+        kwargs[key] = _coerce(value, hints[key], prefix + key, where)
+    for f in fields:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in kwargs:
+            raise ConfigError(f"{where}{prefix}{f.name}: required")
     return cls(**kwargs)
 
 
 @typing.overload
 def from_dict(data: Mapping[str, Any]) -> RunConfig: ...
 @typing.overload
-def from_dict(data: Mapping[str, Any], cls: type[T]) -> T: ...
-def from_dict(data: Mapping[str, Any], cls: type[Any] = RunConfig) -> Any:
-    """Build a config (a :class:`RunConfig` unless ``cls`` says otherwise) from nested dicts, strictly."""
-    return _from_mapping(cls, data)
+def from_dict(
+    data: Mapping[str, Any],
+    cls: type[T],
+    *,
+    where: str = "",
+    preset: Mapping[str, Any] | None = None,
+) -> T: ...
+def from_dict(
+    data: Mapping[str, Any],
+    cls: type[Any] = RunConfig,
+    *,
+    where: str = "",
+    preset: Mapping[str, Any] | None = None,
+) -> Any:
+    """Build a config (a :class:`RunConfig` unless ``cls`` says otherwise) from nested dicts, strictly.
+
+    Any frozen dataclass with annotated fields loads this way (the search-space file's tables do):
+    ``where`` labels the keys in errors (see :func:`_coerce`), and ``preset`` gives fields that the
+    caller knows and ``data`` may not set (a searched parameter's path is the name of its table).
+    """
+    return _from_mapping(cls, data, where=where, preset=preset)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -409,7 +449,7 @@ def apply_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
             prefix = "".join(p + "." for p in parts[:i])
             hints = typing.get_type_hints(cls)
             if part not in hints:
-                raise _unknown_key(part, list(hints), prefix)
+                raise unknown_key(part, list(hints), prefix)
             if i == len(parts) - 1:
                 node[part] = value
             elif not dataclasses.is_dataclass(hints[part]):

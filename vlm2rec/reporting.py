@@ -26,7 +26,8 @@ __all__ = [
 
 
 class Reporter(Protocol):
-    """Receives each epoch's metrics (DESIGN.md rule 2 names) and the epoch checkpoint folder."""
+    """Receives each epoch's metrics (named as in docs/ARCHITECTURE.md, "One name per number") and
+    the epoch checkpoint folder."""
 
     def report(
         self, metrics: Mapping[str, float], step: int, checkpoint_dir: Path | None
@@ -97,7 +98,12 @@ class JsonlReporter:
 
 
 class TensorBoardReporter:
-    """Scalars under exactly the metric names (``torch.utils.tensorboard`` keeps ``@`` in tags)."""
+    """Scalars under exactly the metric names (``torch.utils.tensorboard`` keeps ``@`` in tags).
+
+    The one TensorBoard writer of the project: single runs use it directly, studies write each
+    trial's run with it. A non-finite value (a study metric carried forward before the first
+    validation is NaN) is left out: it is no point on a curve.
+    """
 
     def __init__(self, log_dir: str | Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -106,9 +112,20 @@ class TensorBoardReporter:
 
     def report(self, metrics: Mapping[str, float], step: int, checkpoint_dir: Path | None) -> None:
         for key, value in metrics.items():
-            if key != "epoch" and isinstance(value, int | float):
+            if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
                 self.writer.add_scalar(key, float(value), global_step=step)
         self.writer.flush()
+
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
+        """The hparams plugin's summary of a finished run, and ``metrics`` as scalars at ``step``
+        (the plugin's table reads the metric values from those tags)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        file_writer = self.writer.file_writer
+        assert file_writer is not None  # SummaryWriter opens its file writer when it is made
+        for summary in hparams(dict(params), dict(metrics)):
+            file_writer.add_summary(summary)
+        self.report(metrics, step, None)
 
     def close(self) -> None:
         self.writer.close()

@@ -10,9 +10,14 @@ the embedder in plain ``DistributedDataParallel`` when ``world_size > 1``. Each 
 3. backward; DDP averages the gradients, which with the gather's summed backward equals the gradient
    of the global loss in one process (the convention stated and tested in ``distributed.py``).
 
-Each epoch ends with validation (every ``eval.every_epochs``), a checkpoint (rank 0) and one
-``reporter.report`` call on every rank. The last report also carries the ``test/*`` metrics of the
-best checkpoint.
+``fit`` reads as its steps, one function each (the torchtune recipe shape): :func:`_setup` builds
+the run, :func:`_resume` loads a checkpoint into it, and every epoch is :func:`_train_epoch`, a
+validation (every ``eval.every_epochs``; :func:`_select` keeps the best weights and decides early
+stopping), the final test of the best weights after the last epoch (:func:`_final_test`), a
+checkpoint (:func:`_checkpoint`, rank 0) and one ``reporter.report`` call on every rank.
+
+Randomness has one source: each rank's torch RNG is reseeded from ``(seed, epoch, rank)`` before
+every epoch (:func:`_seed_epoch`), so no RNG state is saved and a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import math
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +58,7 @@ from vlm2rec.embedder import Embedder, build_embedder
 from vlm2rec.losses import vlm2rec_loss
 from vlm2rec.model_eval import autocast, evaluate_model, fixed_negatives
 from vlm2rec.reporting import NullReporter, Reporter
+from vlm2rec.selection import is_better
 
 __all__ = [
     "EvalSplit",
@@ -140,9 +145,8 @@ def eval_split(run: RunState, examples: EvalExamples, name: str) -> EvalSplit:
 
 def score(run: RunState, split: EvalSplit, dist: DistInfo) -> dict[str, float]:
     """Every ``{split}/*`` metric of the run's current weights, the oracles beside them."""
-    got = evaluate_model(
-        run.embedder, split.examples, split.name, run.cfg.eval, dist, split.negatives
-    )
+    ev = run.cfg.eval
+    got = evaluate_model(run.embedder, split.examples, split.name, ev, dist, split.negatives)
     return got | split.oracles
 
 
@@ -155,8 +159,97 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _is_better(value: float, best: float | None, mode: str) -> bool:
-    return best is None or (value > best if mode == "max" else value < best)
+def _optimiser(
+    cfg: RunConfig, params: list[nn.Parameter], steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    total = cfg.train.epochs * steps_per_epoch
+    warmup = int(o.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, o.min_lr_ratio)
+    )
+    return optimizer, scheduler
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed this rank's torch RNG (dropout) for ``epoch`` from ``(seed, epoch, rank)`` alone
+    (epoch 0: the setup before the first epoch).
+
+    The run's only seeding of the global torch RNG. A stream derived from the epoch needs no saved
+    state, so a resumed run continues exactly on any number of ranks; restoring a checkpointed RNG
+    state could not do that, because a checkpoint holds rank 0's state only.
+    """
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+@dataclasses.dataclass
+class _Training:
+    """The state of one :func:`fit` call, advanced one epoch at a time."""
+
+    cfg: RunConfig
+    dist: DistInfo
+    run: RunState
+    model: nn.Module  #: the embedder, wrapped in DistributedDataParallel on several ranks
+    loader: torch.utils.data.DataLoader[SequenceBatch]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    val: EvalSplit  #: the validation users (a seeded subsample if ``eval.val_users``)
+    test: EvalSplit  #: every test user
+    root: Path  #: checkpoints go to root/epoch_XXXX
+    best: dict[str, torch.Tensor]  #: trainable weights of the best epoch so far
+    progress: Progress = dataclasses.field(default_factory=Progress)
+    ckpt: Path | None = None  #: the last checkpoint written (rank 0)
+
+
+def _setup(cfg: RunConfig, dist: DistInfo, checkpoint_root: str | Path | None) -> _Training:
+    """Data, model (DDP on several ranks), loader, optimiser and schedule of a fresh run."""
+    _seed_epoch(cfg.seed, 0, dist.rank)
+    run = build_run(cfg, dist)
+    model: nn.Module = run.embedder  # its forward() encodes sequences and the three views
+    if dist.is_distributed:
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=True
+        )
+    loader = train_loader(
+        run.splits.train,
+        cfg.train.batch_size,
+        dist.rank,
+        dist.world_size,
+        cfg.seed,
+        cfg.data.loader_workers,
+    )
+    params = [p for p in run.embedder.parameters() if p.requires_grad]
+    steps_per_epoch = max(1, len(loader) // cfg.optim.grad_accum_steps)
+    optimizer, scheduler = _optimiser(cfg, params, steps_per_epoch)
+    val = eval_split(run, run.splits.val.subsample(cfg.eval.val_users, cfg.seed), "val")
+    test = eval_split(run, run.splits.test, "test")
+    root = Path(checkpoint_root) if checkpoint_root else Path(tempfile.mkdtemp(prefix="vlm2rec-"))
+    best = _clone(run.embedder.trainable_state_dict())
+    return _Training(cfg, dist, run, model, loader, optimizer, scheduler, val, test, root, best)
+
+
+def _resume(t: _Training, folder: Path) -> None:
+    """Continue from a checkpoint of :func:`_checkpoint`: weights, best weights, optimiser,
+    schedule and progress (the RNG needs nothing: every epoch is reseeded). The ``rng`` entry of
+    checkpoints written before that is ignored."""
+    weights, t.best, state, t.progress = load_checkpoint(folder)
+    t.run.embedder.load_trainable_state_dict(weights)
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+
+
+def _epochs_left(t: _Training) -> range:
+    """The epochs still to train; none when the run already stopped early (resuming a finished
+    run must not train it further)."""
+    patience, p = t.cfg.train.early_stopping_patience, t.progress
+    last = p.epoch if 0 < patience <= p.bad_validations else t.cfg.train.epochs
+    return range(p.epoch + 1, last + 1)
 
 
 def _loss_parts(model: nn.Module, batch: SequenceBatch, lc: LossConfig) -> dict[str, torch.Tensor]:
@@ -185,28 +278,23 @@ def _loss_parts(model: nn.Module, batch: SequenceBatch, lc: LossConfig) -> dict[
     )
 
 
-def _train_epoch(
-    model: nn.Module,
-    batches: Iterable[SequenceBatch],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    cfg: RunConfig,
-    dist: DistInfo,
-    device: torch.device,
-    epoch: int,
-) -> dict[str, float]:
-    """One pass over this rank's batches; returns the mean of every loss part (``train/*``)."""
+def _train_epoch(t: _Training, epoch: int) -> dict[str, float]:
+    """One pass over this rank's batches of ``epoch`` (its shuffle and its RNG stream both derived
+    from the epoch); returns the mean of every loss part (``train/*``), averaged over ranks."""
+    cfg, model, optimizer, scheduler = t.cfg, t.model, t.optimizer, t.scheduler
+    t.loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    _seed_epoch(cfg.seed, epoch, t.dist.rank)
     sums: dict[str, float] = defaultdict(float)
     steps = 0
     accum = cfg.optim.grad_accum_steps
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(batches):
-        batch = batch.to(device)
+    for i, batch in enumerate(t.loader):
+        batch = batch.to(t.run.device)
         sync = (i + 1) % accum == 0
         # Gradients are synchronised only on the micro-step that ends an accumulation window.
         skip_sync = isinstance(model, nn.parallel.DistributedDataParallel) and not sync
-        with model.no_sync() if skip_sync else contextlib.nullcontext(), autocast(device):  # type: ignore[operator]
+        with model.no_sync() if skip_sync else contextlib.nullcontext(), autocast(t.run.device):  # type: ignore[operator]
             parts = _loss_parts(model, batch, cfg.loss)
         loss = parts["loss"]
         if not torch.isfinite(loss):
@@ -224,53 +312,56 @@ def _train_epoch(
         steps += 1
     means = {k: v / max(1, steps) for k, v in sums.items()}
     means["train/lr"] = float(scheduler.get_last_lr()[0])
-    return all_reduce_mean(means, dist)
+    return all_reduce_mean(means, t.dist)
 
 
-def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in state.items()}
+def _validates(cfg: RunConfig, epoch: int) -> bool:
+    """Every ``eval.every_epochs``-th epoch validates, and always the last one."""
+    return epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.epochs
 
 
-def _test_best(
-    run: RunState, best: dict[str, torch.Tensor], test: EvalSplit, dist: DistInfo
-) -> dict[str, float]:
-    """``test/*`` metrics with the best weights swapped in (current weights restored afterwards)."""
-    current = _clone(run.embedder.trainable_state_dict())
-    run.embedder.load_trainable_state_dict(best)
-    try:
-        return score(run, test, dist)
-    finally:
-        run.embedder.load_trainable_state_dict(current)
+def _select(t: _Training, epoch: int, value: float) -> bool:
+    """Track the selection metric: an improvement makes ``epoch`` the best (its weights are kept
+    for the final test), anything else counts against the patience. True: stop early now."""
+    p = t.progress
+    if np.isfinite(value) and is_better(value, p.best_metric, t.cfg.eval.mode):
+        p.best_metric, p.best_epoch, p.bad_validations = value, epoch, 0
+        t.best = _clone(t.run.embedder.trainable_state_dict())
+    else:
+        p.bad_validations += 1
+    patience = t.cfg.train.early_stopping_patience
+    return patience > 0 and p.bad_validations >= patience
 
 
-def _optimiser(
-    cfg: RunConfig, params: list[nn.Parameter], steps_per_epoch: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    total = cfg.train.epochs * steps_per_epoch
-    warmup = int(o.warmup_ratio * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, o.min_lr_ratio)
-    )
-    return optimizer, scheduler
+def _final_test(t: _Training) -> dict[str, float]:
+    """The run's ``test/*`` metrics: the best weights swapped in (the current ones restored after).
 
-
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Seed this rank's torch RNG (dropout) for ``epoch`` from ``(seed, epoch, rank)`` alone.
-
-    A checkpoint holds only rank 0's RNG state, so restoring it gave every rank rank 0's stream
-    and a multi-rank resume diverged from the uninterrupted run; a stream derived from the epoch
-    needs no saved state and resumes exactly on any number of ranks.
+    The one place where the final test metrics are assembled.
     """
-    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
+    embedder = t.run.embedder
+    current = _clone(embedder.trainable_state_dict())
+    embedder.load_trainable_state_dict(t.best)
+    try:
+        return score(t.run, t.test, t.dist)
+    finally:
+        embedder.load_trainable_state_dict(current)
 
 
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def _checkpoint(t: _Training, epoch: int) -> Path | None:
+    """Rank 0 writes ``epoch_XXXX`` (and prunes old ones); returns it there, None elsewhere."""
+    if not t.dist.is_main:
+        return None
+    state = {"optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict()}
+    t.ckpt = save_checkpoint(
+        t.root / f"epoch_{epoch:04d}",
+        t.run.embedder.trainable_state_dict(),
+        t.best,
+        state,
+        t.progress,
+        to_dict(t.cfg),
+    )
+    prune_checkpoints(t.root, t.cfg.train.keep_checkpoints)
+    return t.ckpt
 
 
 def fit(
@@ -287,93 +378,29 @@ def fit(
     """
     dist = dist or DistInfo()
     reporter = reporter or NullReporter()
-    torch.manual_seed(
-        cfg.seed + dist.rank
-    )  # per-rank streams (dropout); model init is seeded apart
-    run = build_run(cfg, dist)
-    model: nn.Module = run.embedder  # its forward() encodes sequences and the three views
-    if dist.is_distributed:
-        ids = [run.device.index] if run.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, find_unused_parameters=True
-        )
-    loader = train_loader(
-        run.splits.train,
-        cfg.train.batch_size,
-        dist.rank,
-        dist.world_size,
-        cfg.seed,
-        cfg.data.loader_workers,
-    )
-    params = [p for p in run.embedder.parameters() if p.requires_grad]
-    optimizer, scheduler = _optimiser(
-        cfg, params, max(1, len(loader) // cfg.optim.grad_accum_steps)
-    )
-    progress, best = Progress(), _clone(run.embedder.trainable_state_dict())
+    t = _setup(cfg, dist, checkpoint_root)
     if resume_from is not None:
-        weights, best, state, progress = load_checkpoint(Path(resume_from))
-        run.embedder.load_trainable_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if "cuda" in state["rng"] and run.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
-    root = Path(checkpoint_root) if checkpoint_root else Path(tempfile.mkdtemp(prefix="vlm2rec-"))
-    val = eval_split(run, run.splits.val.subsample(cfg.eval.val_users, cfg.seed), "val")
-    test = eval_split(run, run.splits.test, "test")
-    ckpt: Path | None = None
-    patience = cfg.train.early_stopping_patience
-    # A run that already stopped early is finished: resuming it must not train further epochs.
-    last = progress.epoch if 0 < patience <= progress.bad_validations else cfg.train.epochs
-    for epoch in range(progress.epoch + 1, last + 1):
-        t0 = time.perf_counter()
-        loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        _seed_epoch(cfg.seed, epoch, dist.rank)
-        metrics = {"epoch": float(epoch)}
-        metrics.update(
-            _train_epoch(model, loader, optimizer, scheduler, cfg, dist, run.device, epoch)
-        )
+        _resume(t, Path(resume_from))
+    for epoch in _epochs_left(t):
+        start = time.perf_counter()
+        metrics = {"epoch": float(epoch), **_train_epoch(t, epoch)}
         stop = False
-        if epoch % cfg.eval.every_epochs == 0 or epoch == cfg.train.epochs:
-            metrics.update(score(run, val, dist))
-            value = metrics[cfg.eval.metric]
-            if np.isfinite(value) and _is_better(value, progress.best_metric, cfg.eval.mode):
-                progress.best_metric, progress.best_epoch, progress.bad_validations = (
-                    value,
-                    epoch,
-                    0,
-                )
-                best = _clone(run.embedder.trainable_state_dict())
-            else:
-                progress.bad_validations += 1
-            stop = patience > 0 and progress.bad_validations >= patience
+        if _validates(cfg, epoch):
+            metrics.update(score(t.run, t.val, dist))
+            stop = _select(t, epoch, metrics[cfg.eval.metric])
         if epoch == cfg.train.epochs or stop:
-            metrics.update(_test_best(run, best, test, dist))
-        metrics["time/epoch_s"] = time.perf_counter() - t0
-        progress.epoch = epoch
-        progress.history.append(metrics)
-        if dist.is_main:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(run.device),
-            }
-            ckpt = save_checkpoint(
-                root / f"epoch_{epoch:04d}",
-                run.embedder.trainable_state_dict(),
-                best,
-                state,
-                progress,
-                to_dict(cfg),
-            )
-            prune_checkpoints(root, cfg.train.keep_checkpoints)
-        reporter.report(metrics, epoch, ckpt if dist.is_main else None)
+            metrics.update(_final_test(t))
+        metrics["time/epoch_s"] = time.perf_counter() - start
+        t.progress.epoch = epoch
+        t.progress.history.append(metrics)
+        reporter.report(metrics, epoch, _checkpoint(t, epoch))
         if stop:
             break
-    return _result(progress, ckpt, root)
+    return _result(t)
 
 
-def _result(progress: Progress, ckpt: Path | None, root: Path) -> FitResult:
+def _result(t: _Training) -> FitResult:
+    progress = t.progress
     hist = progress.history
     best_row = hist[progress.best_epoch - 1] if progress.best_epoch else (hist[-1] if hist else {})
     return FitResult(
@@ -382,5 +409,5 @@ def _result(progress: Progress, ckpt: Path | None, root: Path) -> FitResult:
         best_val={k: v for k, v in best_row.items() if k.startswith("val/")},
         test={k: v for k, v in (hist[-1] if hist else {}).items() if k.startswith("test/")},
         history=hist,
-        checkpoint_dir=ckpt or latest_checkpoint(root),
+        checkpoint_dir=t.ckpt or latest_checkpoint(t.root),
     )

@@ -88,6 +88,36 @@ def _summary(meta: dict[str, Any], dropped: dict[str, int], failures: dict[str, 
     return "\n".join(lines)
 
 
+def _kept_rows(
+    corpus: RawCorpus,
+    item_names: np.ndarray,
+    log: DropLog,
+    k_core: int,
+    min_length: int,
+    name: str,
+) -> np.ndarray:
+    """Indices of the interactions that survive: items with metadata, then the k-core and
+    minimum-length filters (each drop counted in ``log``); an empty result is an error."""
+    item_codes = np.frombuffer(corpus.item_codes, dtype=np.int64)
+    user_codes = np.frombuffer(corpus.user_codes, dtype=np.int64)
+    times = np.frombuffer(corpus.timestamps, dtype=np.int64)
+    known = np.array([n in corpus.items for n in item_names], dtype=bool)
+    has_meta = known[item_codes] if len(item_codes) else np.zeros(0, dtype=bool)
+    log.drop("unknown_item", int((~has_meta).sum()))
+    rows = np.flatnonzero(has_meta)
+    rows = rows[
+        filter_interactions(
+            user_codes[rows], item_codes[rows], times[rows], k_core, min_length, log
+        )
+    ]
+    if len(rows) == 0:
+        raise ConversionError(
+            f"{name}: no interactions left after filtering (dropped: {log.as_dict()}); "
+            "lower --k-core / --min-length or check the input files"
+        )
+    return rows
+
+
 def build_dataset(
     corpus: RawCorpus,
     log: DropLog,
@@ -106,20 +136,7 @@ def build_dataset(
         list(corpus.item_index), dtype=object
     )  # dicts keep insertion = code order
     user_names = np.array(list(corpus.user_index), dtype=object)
-    known = np.array([name in corpus.items for name in item_names], dtype=bool)
-    has_meta = known[item_codes] if len(item_codes) else np.zeros(0, dtype=bool)
-    log.drop("unknown_item", int((~has_meta).sum()))
-    rows = np.flatnonzero(has_meta)
-    rows = rows[
-        filter_interactions(
-            user_codes[rows], item_codes[rows], times[rows], k_core, min_length, log
-        )
-    ]
-    if len(rows) == 0:
-        raise ConversionError(
-            f"{meta['name']}: no interactions left after filtering (dropped: {log.as_dict()}); "
-            "lower --k-core / --min-length or check the input files"
-        )
+    rows = _kept_rows(corpus, item_names, log, k_core, min_length, meta["name"])
     item_ids, item_sources = _dense(item_codes[rows], item_names)
     user_ids, _ = _dense(user_codes[rows], user_names)
     order = np.lexsort((rows, times[rows], user_ids))  # by user, then time, then source order

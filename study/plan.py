@@ -1,0 +1,219 @@
+"""A study run before Ray: its options, its plan, and the preflight that refuses what cannot run.
+
+Everything here is Ray-free, so a bad space file, a missing dataset or model folder, an unwritable
+study folder or a trial that cannot fit the machine is refused in a second, with one line naming
+the file, key, path or resource, before anything pays for a Ray start:
+
+* :class:`StudyOptions`: what the command line asks for (``run_search.py``'s flags);
+* :func:`prepare` -> :class:`StudyPlan`: the space file read with those overrides, its inputs
+  checked, and where the study writes;
+* :func:`trial_resources` / :func:`preflight`: what one trial holds and how many fit at once;
+* the exit codes of a study run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from study.records import StudyFolder
+from study.search_space import CategoricalParam, SearchSpec, describe, load_search_spec
+from vlm2rec.config import ConfigError
+from vlm2rec.data.schema import DatasetError, read_dataset
+
+__all__ = [
+    "DEFAULT_SPACE",
+    "DRIVER_CPUS",
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "PreflightError",
+    "StudyOptions",
+    "StudyPlan",
+    "check_storage",
+    "local_resources",
+    "looks_like_path",
+    "preflight",
+    "prepare",
+    "trial_resources",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SPACE = REPO / "search_spaces" / "default.toml"
+DRIVER_CPUS = 0.5  #: CPU share of each trial's Tune driver (its workers ask for their own)
+
+#: Exit code of a run refused before any trial started (bad file, missing data, no room).
+EXIT_BAD_INPUT = 2
+#: Exit code of a study that failed while running (its state is kept: rerun resumes it).
+EXIT_FAILED = 1
+#: Exit code after Ctrl-C: the study state is saved, rerunning the command resumes it.
+EXIT_INTERRUPTED = 130
+
+
+class PreflightError(ConfigError):
+    """The study cannot start: its inputs or the cluster's resources don't allow it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyOptions:
+    """What the command line asks for; ``None`` leaves the space file's own value."""
+
+    space: Path = DEFAULT_SPACE  #: the study (search-space) TOML file
+    storage: Path = Path("studies")  #: study folders live here
+    name: str | None = None  #: study name (default: [study].name of the space file)
+    address: str = "local"  #: local | auto | ray://host:10001
+    train_storage: str | None = None  #: Train checkpoint storage (default <study>/train)
+    num_samples: int | None = None  #: overrides [study].num_samples
+    max_concurrent: int | None = None  #: overrides [study].max_concurrent_trials
+    dry_run: bool = False  #: print the resolved plan and the preflight, train nothing
+    skip_preflight: bool = False  #: autoscaling clusters: don't check resources
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyPlan:
+    """A study as it will run: the spec with the command line's overrides, and where it writes."""
+
+    options: StudyOptions  #: what was asked for
+    spec: SearchSpec  #: the space file with the overrides, the dataset path absolute
+    name: str  #: the study's name (its folder under the storage)
+    folder: StudyFolder  #: <storage>/<name>, absolute
+    train_storage: str  #: where the Train workers write checkpoints
+    warnings: tuple[str, ...] = ()  #: inputs that will fail some trials, not the study
+
+    def text(self) -> str:
+        """The resolved plan, as printed before the study (and by ``--dry-run``)."""
+        need = trial_resources(self.spec)
+        return "\n".join(
+            [
+                describe(self.spec),
+                f"study folder:   {self.folder.root}",
+                f"train storage:  {self.train_storage}",
+                f"per trial:      CPU {need['CPU']:g}, GPU {need['GPU']:g}",
+                "reference trial (alpha = beta = 0): "
+                + ("yes" if self.spec.study.reference else "no"),
+            ]
+        )
+
+
+def _load_spec(options: StudyOptions) -> SearchSpec:
+    """The study file with the command line's overrides; the dataset path made absolute, because
+    every node of a cluster resolves it on its own."""
+    spec = load_search_spec(options.space)
+    study = spec.study
+    if options.num_samples is not None:
+        study = dataclasses.replace(study, num_samples=options.num_samples)
+    if options.max_concurrent is not None:
+        study = dataclasses.replace(study, max_concurrent_trials=options.max_concurrent)
+    data_path = Path(spec.base_config().data.path)
+    fixed = {
+        **spec.fixed,
+        "data.path": str(data_path if data_path.is_absolute() else Path.cwd() / data_path),
+    }
+    return dataclasses.replace(spec, study=study, fixed=fixed)
+
+
+def prepare(options: StudyOptions) -> StudyPlan:
+    """Read the space file and check the run's inputs: a bad file, a missing base model folder or
+    a missing dataset that will not be built raises (``ConfigError``, ``DatasetError``)."""
+    spec = _load_spec(options)
+    warnings = check_model_paths(spec)
+    check_dataset(spec, validate=options.dry_run)
+    name = options.name or spec.study.name
+    folder = StudyFolder((options.storage / name).resolve())
+    train_storage = options.train_storage or str(folder.root / "train")
+    return StudyPlan(options, spec, name, folder, train_storage, tuple(warnings))
+
+
+def trial_resources(spec: SearchSpec) -> dict[str, float]:
+    """What one running trial holds: its driver's CPU share plus its Train workers."""
+    s = spec.study
+    return {
+        "CPU": DRIVER_CPUS + s.workers_per_trial * s.cpus_per_worker,
+        "GPU": s.workers_per_trial * s.gpus_per_worker,
+    }
+
+
+def preflight(spec: SearchSpec, cluster: dict[str, float]) -> int:
+    """Check that one trial fits the cluster; return how many trials fit at once.
+
+    Without it an infeasible plan does not fail: Tune waits forever for resources that never come.
+    """
+    need = trial_resources(spec)
+    for key, amount in need.items():
+        if amount > cluster.get(key, 0.0) + 1e-9:
+            raise PreflightError(
+                f"preflight: one trial needs {key}={amount:g} (driver {DRIVER_CPUS:g} CPU + "
+                f"{spec.study.workers_per_trial} workers x {spec.study.cpus_per_worker:g} CPU / "
+                f"{spec.study.gpus_per_worker:g} GPU) but the cluster has {key}={cluster.get(key, 0.0):g}; "
+                "lower workers/resources in the space file, or --skip-preflight on an autoscaling cluster"
+            )
+    fits = [int(cluster.get(k, 0.0) // v) for k, v in need.items() if v > 0]
+    return max(1, min(fits))
+
+
+def local_resources() -> dict[str, float]:
+    """What a local ``ray.init()`` on this machine would offer, without starting Ray."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def looks_like_path(name: str) -> bool:
+    """``embedder.name`` meant as a local folder: ``/…``, ``./…``, ``~/…`` or more than one ``/``.
+
+    Built-in names (``tiny-clip``) and hub ids (``org/name``) are not paths.
+    """
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
+def check_model_paths(spec: SearchSpec) -> list[str]:
+    """Refuse a base/fixed ``embedder.name`` that is a missing folder; warn about searched ones.
+
+    A searched choice that is missing only fails its own trials (the study goes on), so it is a
+    warning; the base model is in every trial, so it is an error before Ray starts.
+    """
+    name = spec.base_config().embedder.name
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        raise PreflightError(
+            f"{spec.source}: embedder.name = {name!r} looks like a local model folder but "
+            f"{Path(name).expanduser()} does not exist"
+        )
+    return [
+        f'warning: {spec.source}: params."embedder.name" choice {choice!r} does not exist; '
+        "its trials will fail"
+        for p in spec.params
+        if isinstance(p, CategoricalParam) and p.path == "embedder.name"
+        for choice in p.choices
+        if looks_like_path(str(choice)) and not Path(str(choice)).expanduser().exists()
+    ]
+
+
+def check_dataset(spec: SearchSpec, validate: bool) -> None:
+    """A missing dataset folder is only fine when it will be built (``prepare_if_missing``).
+
+    ``validate`` also reads and checks an existing folder (the dry run; a real run does this in
+    ``ensure_dataset`` before Ray starts).
+    """
+    data = spec.base_config().data
+    path = Path(data.path)
+    empty = not path.exists() or (path.is_dir() and not any(path.iterdir()))
+    if empty and not data.prepare_if_missing:
+        raise DatasetError(
+            f"{spec.source}: data.path = {path} does not exist and data.prepare_if_missing = false"
+        )
+    if validate and not empty:
+        read_dataset(path)
+
+
+def check_storage(study_dir: Path) -> None:
+    """The study folder must be creatable and writable before any trial runs."""
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        probe = study_dir / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PreflightError(
+            f"--storage: study folder {study_dir} is not writable ({exc.strerror or exc})"
+        ) from None
