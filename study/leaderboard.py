@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -248,15 +249,36 @@ def ranked_by(table: pa.Table) -> tuple[str, str]:
     return meta.get(META_METRIC, b"val/ndcg@10").decode(), meta.get(META_MODE, b"max").decode()
 
 
+def oracle_lines(frame: pd.DataFrame, metric: str) -> list[str]:
+    """One line per study: the generator's oracles of ``metric`` on the study's users (synthetic
+    data only; every trial of a study scores the same users, so the first row speaks for all)."""
+    key = metric.replace("/", "/oracle/", 1)
+    if key not in frame.columns:
+        return []
+    lines = []
+    groups = frame.groupby("study", sort=False) if "study" in frame.columns else [("", frame)]
+    for name, rows in groups:
+        row = rows.iloc[0]
+        views = [(label, row.get(key + sfx)) for label, sfx in _ORACLE_VIEWS]
+        shown = ", ".join(f"{label} {v:.4f}" for label, v in views if pd.notna(v))
+        lines.append(f"oracles{f' of {name}' if name else ''} ({metric}): {shown}")
+    return lines
+
+
+_ORACLE_VIEWS = (("full", ""), ("text only", "/text"), ("image only", "/image"))
+
+
 def summary(folder: StudyFolder, metric: str, top: int = 10) -> str:
-    """The top of a study's leaderboard and where its files are: what a study prints at its end."""
+    """The top of a study's leaderboard, the oracles beside it, and where its files are: what a
+    study prints at its end."""
     frame = read_leaderboard(folder.leaderboard).to_pandas()
-    cols = ["rank", "kind", "status", metric, "best_epoch", "epochs", "wall_s"]
-    cols += [c for c in frame.columns if c.startswith("param.")]
+    cols = ["rank", "kind", "status", metric, f"{metric}/text", f"{metric}/image", "best_epoch"]
+    cols += ["epochs", "wall_s", *(c for c in frame.columns if c.startswith("param."))]
     cols.append(f"test/{metric.split('/', 1)[1]}")
     table = frame[[c for c in cols if c in frame.columns]].head(top).to_string(index=False)
+    oracles = "".join(f"{line}\n" for line in oracle_lines(frame, metric))
     return (
-        f"{table}\n\nleaderboard:  {folder.leaderboard}\n"
+        f"{table}\n{oracles}\nleaderboard:  {folder.leaderboard}\n"
         f"tensorboard:  tensorboard --logdir {folder.tensorboard}\n"
         f"optuna:       optuna-dashboard sqlite:///{folder.optuna_db}"
     )
@@ -361,7 +383,8 @@ def _format(table: pa.Table, metric: str, top: int) -> str:
     cols = [c for c in cols if c in table.column_names]
     frame = table.slice(0, top).select(cols).to_pandas()
     frame.columns = [c.removeprefix("param.") for c in cols]
-    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    shown = frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    return "\n".join([shown, *oracle_lines(table.to_pandas(), metric)])
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -310,6 +310,7 @@ def fig_collapse(frame: pd.DataFrame, top: int = 12) -> Figure:
         values = rows[col] if col in rows.columns else pd.Series(np.nan, index=rows.index)
         bars = top_ax.bar(x + (i - 1) * width, values.fillna(0), width, label=view)
         top_ax.bar_label(bars, fmt="%.2f", fontsize="x-small")  # a collapsed view is a 0 bar
+        _oracle_line(top_ax, rows, col, f"oracle, {view}", bars.patches[0].get_facecolor())
     top_ax.set_ylabel("val/ndcg@10")
     top_ax.set_title("modality collapse: fused vs single-view NDCG@10 per trial")
     top_ax.legend(fontsize="small", ncols=3)
@@ -322,6 +323,14 @@ def fig_collapse(frame: pd.DataFrame, top: int = 12) -> Figure:
     bal_ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
     bal_ax.set_xlabel("trial (best first; reference leftmost)")
     return fig
+
+
+def _oracle_line(ax: Any, rows: pd.DataFrame, metric: str, label: str, colour: Any) -> None:
+    """A horizontal line at the generator's oracle of ``metric`` (``vlm2rec.data.oracle``), when
+    the study ran on synthetic data: the level each view of a trial is read against."""
+    key = metric.replace("/", "/oracle/", 1)
+    if key in rows.columns and rows[key].notna().any():
+        ax.axhline(float(rows[key].dropna().iloc[0]), color=colour, ls=":", lw=1.2, label=label)
 
 
 def collapse_note(frame: pd.DataFrame) -> str:
@@ -338,8 +347,8 @@ def collapse_note(frame: pd.DataFrame) -> str:
     return (
         f"<p><b>{html.escape(', '.join(zero))} NDCG@10 is exactly 0 in every trial</b>, so "
         f"{BALANCE} is 0 throughout. Check whether many items share an identical text or image "
-        "(ties are ranked pessimistically: k items sharing one text put each at rank >= k) "
-        "before reading this as modality collapse.</p>"
+        'and ties are ranked pessimistically (eval.ties = "pessimistic": k items sharing one '
+        "text put each at rank >= k) before reading this as modality collapse.</p>"
     )
 
 
@@ -365,6 +374,8 @@ def fig_learning_curves(
         style = _REF_STYLE if row["kind"] == "reference" else {"marker": "o"}
         rank = "" if pd.isna(row["rank"]) else f"#{int(row['rank'])} "
         ax.plot(epochs, values, label=f"{rank}{_label(row)}", **style)
+    _oracle_line(ax, frame, metric, "oracle (generator's posterior)", "black")
+    _oracle_line(ax, frame, f"{metric}/text", "oracle, text only (collapse level)", "grey")
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole

@@ -86,6 +86,9 @@ class StudySettings:
     num_samples: int = 8  #: searched trials (the reference trial comes on top)
     sampler: Sampler = "tpe"  #: Optuna sampler
     sampler_seed: int = 0  #: seed of the sampler
+    #: tpe/gp/cmaes: trials sampled at random before the model takes over (default: a third of
+    #: num_samples; Optuna's own default of 10 would make a small study a random search)
+    n_startup_trials: int | None = None
     scheduler: Scheduler = "asha"  #: ASHA early stopping or none
     max_t: int = 6  #: ASHA: last epoch a trial may reach
     grace_period: int = 2  #: ASHA: epochs before a trial can be stopped
@@ -104,6 +107,7 @@ class StudySettings:
             (bool(self.name) and "/" not in self.name, "name", "must be a non-empty folder name"),
             (self.metric.startswith("val/"), "metric", "must be a val/ key (test/ would leak)"),
             (self.num_samples >= 1, "num_samples", "must be >= 1"),
+            (self.startup_trials >= 0, "n_startup_trials", "must be >= 0"),
             (self.grace_period >= 1, "grace_period", "must be >= 1"),
             (self.max_t >= self.grace_period, "max_t", "must be >= grace_period"),
             (self.reduction_factor > 1, "reduction_factor", "must be > 1"),
@@ -118,6 +122,13 @@ class StudySettings:
         for ok, key, msg in checks:
             if not ok:
                 raise ConfigError(f"study.{key}: {msg}")
+
+    @property
+    def startup_trials(self) -> int:
+        """``n_startup_trials``, or a third of ``num_samples`` (at least 1) when not given."""
+        if self.n_startup_trials is not None:
+            return self.n_startup_trials
+        return max(1, round(self.num_samples / 3))
 
 
 def _bad(path: str, key: str, msg: str) -> ConfigError:
@@ -480,13 +491,14 @@ def make_sampler(spec: SearchSpec) -> Any:
     if name == "grid":
         grid = {p.path: list(p.choices) for p in spec.params if isinstance(p, CategoricalParam)}
         return optuna.samplers.GridSampler(grid, seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     classes = {
         "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
         "gp": optuna.samplers.GPSampler,
         "cmaes": optuna.samplers.CmaEsSampler,
     }
-    return classes[name](seed=seed)
+    return classes[name](seed=seed, n_startup_trials=spec.study.startup_trials)
 
 
 def _describe_param(p: Param) -> str:
@@ -495,6 +507,11 @@ def _describe_param(p: Param) -> str:
     scale = "log" if p.log else "linear"
     step = f", step {p.step}" if isinstance(p, IntParam) and p.step > 1 else ""
     return f"{p.path}: {type(p).__name__[:-5].lower()} [{p.low}, {p.high}] {scale}{step}"
+
+
+def _startup(s: StudySettings) -> str:
+    models = s.sampler in ("tpe", "gp", "cmaes")
+    return f", {s.startup_trials} random trials first" if models else ""
 
 
 def describe(spec: SearchSpec) -> str:
@@ -511,7 +528,8 @@ def describe(spec: SearchSpec) -> str:
         f"study {s.name!r} from {spec.source}",
         f"  optimise {s.metric} ({s.mode}); {s.num_samples} trials"
         + (" + reference (alpha = beta = 0)" if s.reference else ""),
-        f"  sampler {s.sampler} (seed {s.sampler_seed}); scheduler {sched}; time budget {budget}",
+        f"  sampler {s.sampler} (seed {s.sampler_seed}{_startup(s)}); scheduler {sched}; "
+        f"time budget {budget}",
         f"  per trial {s.workers_per_trial} workers x ({s.cpus_per_worker:g} CPU, "
         f"{s.gpus_per_worker:g} GPU); {concurrent} concurrent",
         f"  base embedder {spec.base.embedder.name}, data {spec.base.data.path}",

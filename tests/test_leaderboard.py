@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -20,6 +21,7 @@ from study.leaderboard import (
     LeaderboardError,
     build_rows,
     merge,
+    oracle_lines,
     read_leaderboard,
     records_from_experiment,
     write_leaderboard,
@@ -304,3 +306,21 @@ def test_rebuild_from_tune_experiment(tmp_path: Path, monkeypatch: pytest.Monkey
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[1].split()[:2] == ["1", "exp"]
+
+
+def test_oracle_lines_show_the_generator_beside_the_trials() -> None:
+    frame = pd.DataFrame(
+        {
+            "study": ["a", "a", "b"],
+            "val/ndcg@10": [0.5, 0.2, 0.4],
+            "val/oracle/ndcg@10": [0.63, 0.63, 0.7],
+            "val/oracle/ndcg@10/text": [0.21, 0.21, 0.3],
+            "val/oracle/ndcg@10/image": [0.22, 0.22, float("nan")],
+        }
+    )
+    assert oracle_lines(frame, "val/ndcg@10") == [
+        "oracles of a (val/ndcg@10): full 0.6300, text only 0.2100, image only 0.2200",
+        "oracles of b (val/ndcg@10): full 0.7000, text only 0.3000",
+    ]
+    assert oracle_lines(frame, "val/mrr") == []  # no oracle of that metric: nothing to show
+    assert oracle_lines(frame.drop(columns="study"), "val/ndcg@10")[0].startswith("oracles (val/")

@@ -238,6 +238,18 @@ def test_try_write_report_turns_a_failure_into_a_warning(
     assert "warning: study report not written" in capsys.readouterr().out
 
 
+def test_collapse_bars_and_curves_carry_the_oracles_of_synthetic_data(study_dir: Path) -> None:
+    frame = load_study(study_dir).frame.copy()
+    assert not fig_collapse(frame).axes[0].lines  # no oracle columns: no lines
+    oracle = {"val/oracle/ndcg@10": 0.63, "val/oracle/ndcg@10/text": 0.21}
+    oracle["val/oracle/ndcg@10/image"] = 0.22
+    for key, value in oracle.items():
+        frame[key] = value
+    top_ax = fig_collapse(frame).axes[0]
+    assert sorted(line.get_ydata()[0] for line in top_ax.lines) == [0.21, 0.22, 0.63]
+    assert {"oracle, fused", "oracle, text only"} <= {line.get_label() for line in top_ax.lines}
+
+
 def test_collapse_note_flags_a_view_that_is_zero_in_every_trial(study_dir: Path) -> None:
     frame = load_study(study_dir).frame
     assert collapse_note(frame) == ""  # the fabricated views are all non-zero

@@ -274,6 +274,30 @@ def test_make_sampler_seeded(tmp_path: Path, sampler: str, cls: type) -> None:
         assert first(3) == first(3)
 
 
+@pytest.mark.parametrize(("given", "expected"), [("", 3), ("n_startup_trials = 5\n", 5)])
+def test_tpe_leaves_its_random_start_after_a_third_of_the_trials(
+    tmp_path: Path, given: str, expected: int
+) -> None:
+    """Optuna's default (10 random trials) would make a small study a pure random search."""
+    body = replace_once(STUDY, "max_t = 6", f"max_t = 6\nnum_samples = 8\n{given}")
+    spec = load_search_spec(write_study(tmp_path, body))
+    assert spec.study.startup_trials == expected
+    sampler = make_sampler(spec)
+    assert sampler._n_startup_trials == expected
+    # the (expected + 1)-th trial is TPE's: it differs from what random sampling would draw
+    dists = to_optuna_distributions(spec)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    rand = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(expected):
+        trial = study.ask(dists)
+        study.tell(trial, float(trial.params["loss.alpha"]))
+        rand.ask(dists)
+    assert study.ask(dists).params != rand.ask(dists).params
+    with pytest.raises(SearchSpaceError, match=r"study\.n_startup_trials: must be >= 0"):
+        bad = replace_once(STUDY, "max_t = 6", "max_t = 6\nn_startup_trials = -1")
+        load_search_spec(write_study(tmp_path, bad))
+
+
 def test_grid_sampler_enumerates_full_grid_with_seeds() -> None:
     spec = load_search_spec(REPO / "search_spaces" / "ablation.toml")
     sampler = make_sampler(spec)
