@@ -38,6 +38,7 @@ padding, always 0), cell masses ``[U, K]``.
 
 from __future__ import annotations
 
+
 import numpy as np
 import torch
 
@@ -85,39 +86,47 @@ def _unseen_per_cell(examples: EvalExamples, cell_of: np.ndarray, n_cells: int) 
     return total[None, :] - met
 
 
-def posterior(cfg: SyntheticConfig, examples: EvalExamples) -> np.ndarray:
-    """``[U, N + 1]`` float64 :math:`P(j \\mid h, S)` of every item (module docstring); 0 for met
-    items and for the padding column. Rows sum to 1."""
+def _cell_mass(cfg: SyntheticConfig, examples: EvalExamples, grid: np.ndarray) -> np.ndarray:
+    """``[U, K]`` :math:`m(k)`: the probability that the generator draws cell ``k`` next."""
     attrs = item_attributes(cfg)  # [N + 1, 3], row 0 = -1
-    grid = np.stack(
-        np.unravel_index(np.arange(cfg.shapes * cfg.brands * cfg.colours),
-                         (cfg.shapes, cfg.brands, cfg.colours)), axis=1
-    )  # fmt: skip
-    cell_of = np.where(attrs[:, 0] >= 0, level_keys(attrs, FALLBACK[0], cfg), 0)  # [N + 1]
     present = [np.unique(attrs[1:, c]) for c in range(3)]
     pi_shape, pi_brand = transition_maps(cfg)
     last = attrs[examples.histories[:, -1]]  # [U, 3]; the newest item is never padding
-    mass = (
-        _factor(last[:, 0], pi_shape, present[0], cfg.image_signal)[:, grid[:, 0]]
-        * _factor(last[:, 1], pi_brand, present[1], cfg.text_signal)[:, grid[:, 1]]
-        * _colour(examples.histories, attrs[:, 2], present[2], cfg.colour_signal, cfg.colours)[
-            :, grid[:, 2]
-        ]
-    )  # [U, K]: P(drawn cell)
-    unseen = _unseen_per_cell(examples, cell_of, len(grid))  # [U, K]
-    per_item = np.zeros_like(mass)  # [U, K]: P of each unseen item of each cell
+    shape = _factor(last[:, 0], pi_shape, present[0], cfg.image_signal)  # [U, S]
+    brand = _factor(last[:, 1], pi_brand, present[1], cfg.text_signal)  # [U, B]
+    colour = _colour(examples.histories, attrs[:, 2], present[2], cfg.colour_signal, cfg.colours)
+    return shape[:, grid[:, 0]] * brand[:, grid[:, 1]] * colour[:, grid[:, 2]]
+
+
+def _landing(
+    mass: np.ndarray, unseen: np.ndarray, grid: np.ndarray, cfg: SyntheticConfig
+) -> np.ndarray:
+    """``[U, K]`` probability of each unseen item of each cell: every drawn cell's mass lands on
+    the unseen items of its first :data:`FALLBACK` level that has one, shared equally."""
+    per_item = np.zeros_like(mass)
     pending = np.ones_like(mass, dtype=bool)  # drawn cells whose mass has not landed yet
     for cols in FALLBACK:
         key = level_keys(grid, cols, cfg)  # [K]: the level key of each cell
         onehot = np.zeros((len(grid), int(key.max()) + 1))
         onehot[np.arange(len(grid)), key] = 1.0  # [K, keys]
         free = unseen @ onehot  # [U, keys]: unseen items under each key
-        lands = pending & (free[:, key] > 0)  # [U, K]: drawn cells that fall back to this level
+        lands = pending & (free[:, key] > 0)  # [U, K]: drawn cells that land at this level
         share = np.divide((mass * lands) @ onehot, free, out=np.zeros_like(free), where=free > 0)
         per_item += share[:, key]
         pending &= ~lands
-    scores = np.where(unseen > 0, per_item, 0.0)[:, cell_of]  # [U, N + 1]
-    scores[:, 0] = 0.0
+    return np.where(unseen > 0, per_item, 0.0)
+
+
+def posterior(cfg: SyntheticConfig, examples: EvalExamples) -> np.ndarray:
+    """``[U, N + 1]`` float64 :math:`P(j \\mid h, S)` of every item (module docstring); 0 for met
+    items and for the padding column. Rows sum to 1."""
+    shape = (cfg.shapes, cfg.brands, cfg.colours)
+    grid = np.stack(np.unravel_index(np.arange(int(np.prod(shape))), shape), axis=1)  # [K, 3]
+    attrs = item_attributes(cfg)
+    cell_of = np.where(attrs[:, 0] >= 0, level_keys(attrs, FALLBACK[0], cfg), 0)  # [N + 1]
+    unseen = _unseen_per_cell(examples, cell_of, len(grid))  # [U, K]
+    scores = _landing(_cell_mass(cfg, examples, grid), unseen, grid, cfg)[:, cell_of]
+    scores[:, 0] = 0.0  # [U, N + 1]
     met_rows = np.repeat(np.arange(len(examples)), np.diff(examples.seen_indptr))
     scores[met_rows, examples.seen_items] = 0.0
     return scores
