@@ -38,7 +38,6 @@ padding, always 0), cell masses ``[U, K]``.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
