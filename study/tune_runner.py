@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -36,7 +37,14 @@ from vlm2rec.config import to_dict
 from vlm2rec.data.prepare import ensure_dataset
 from vlm2rec.data.schema import PreparedDataset
 
-__all__ = ["LOCAL_RAY_ENV", "STUDY_ENV", "connect", "make_scheduler", "run_study"]
+__all__ = [
+    "LOCAL_RAY_ENV",
+    "STUDY_ENV",
+    "connect",
+    "make_scheduler",
+    "run_study",
+    "start_local_ray",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 #: Environment of every study driver: Tune's automatic CSV/JSON/TBX loggers off (they duplicate
@@ -82,12 +90,28 @@ def _start(address: str) -> bool:
     if ray.is_initialized():
         return False
     if address == "local":
-        for key, value in LOCAL_RAY_ENV.items():  # inherited by every Ray process started here
-            os.environ.setdefault(key, value)
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+        start_local_ray()
     else:
         ray.init(address=address)
     return True
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """``ray.init`` of a Ray on this machine, with the dashboard on 127.0.0.1 and Train's
+    small-machine settings (:data:`LOCAL_RAY_ENV`), inherited by every Ray process started here.
+
+    The dashboard gets a port chosen now, and every process of this Ray is told that address
+    (``RAY_API_SERVER_ADDRESS``): Train's cleaner of stopped trials' workers finds the dashboard
+    by looking for *the* local Ray otherwise, fails with "multiple active Ray instances" when
+    another one runs on the machine, and the stopped trial's workers then block the next trial.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**LOCAL_RAY_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **init_kwargs)
 
 
 def _tuner(

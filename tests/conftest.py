@@ -48,16 +48,11 @@ def ray_local() -> Iterator[None]:
 
     import ray
 
-    from study.tune_runner import LOCAL_RAY_ENV
+    from study.tune_runner import STUDY_ENV, start_local_ray
 
-    env = {
-        **LOCAL_RAY_ENV,
-        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    for key, value in env.items():
+    for key, value in STUDY_ENV.items():
         os.environ.setdefault(key, value)
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1")
+    start_local_ray(num_cpus=4)
     yield
     ray.shutdown()
 

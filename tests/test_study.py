@@ -4,6 +4,11 @@ TensorBoard read back with TensorBoard's own reader, and a rerun that reports th
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -47,6 +52,53 @@ def finished_study(
     argv = ["--space", str(root / "space.toml"), "--storage", str(root / "studies")]
     assert run_search.main(argv) == 0
     return root / "studies" / "e2e"
+
+
+#: a second Ray on the machine, as when another user or job runs one; it stops when stdin closes
+OTHER_RAY = (
+    "import ray, sys; ray.init(num_cpus=1, include_dashboard=False); print('up', flush=True); "
+    "sys.stdin.read(); ray.shutdown()"
+)
+
+
+@pytest.fixture
+def other_ray() -> Iterator[None]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_API_SERVER")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OTHER_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env=env, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+    yield
+    proc.communicate(input="", timeout=120)
+
+
+def test_ray_processes_find_our_dashboard_beside_another_ray(
+    ray_local: None, other_ray: None
+) -> None:
+    """Train frees the workers of a trial ASHA stopped through the state API, from inside a Ray
+    worker. Left to find "the" local Ray itself, that lookup fails when a second Ray runs on the
+    machine ("Found multiple active Ray instances"), and every stopped trial's workers would then
+    keep their CPUs; tune_runner.start_local_ray tells every process of ours where to look."""
+    import ray
+    from ray.util.state import list_placement_groups
+
+    @ray.remote(num_cpus=0)
+    def state_api_call() -> int:
+        return len(list_placement_groups())
+
+    assert ray.get(state_api_call.remote(), timeout=60) >= 0
+
+
+def test_no_placement_group_outlives_the_study(finished_study: Path) -> None:
+    from ray.util import placement_group_table
+
+    deadline = time.monotonic() + 30  # Train's cleaner polls: give it a few rounds
+    states = [pg["state"] for pg in placement_group_table().values()]
+    while time.monotonic() < deadline and any(state != "REMOVED" for state in states):
+        time.sleep(1)
+        states = [pg["state"] for pg in placement_group_table().values()]
+    assert states and all(state == "REMOVED" for state in states), states
 
 
 def test_leaderboard_has_one_row_per_trial_and_the_reference(finished_study: Path) -> None:
