@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from scipy import stats
 
 if __package__ in (None, ""):  # `python study/confirm.py`: see study/_script.py
@@ -345,6 +346,9 @@ def _parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run"
     )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads of the runs (default 1)"
+    )
     return p.parse_args(argv)
 
 
@@ -365,6 +369,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     used = [int(s) for s in frame["seed"].dropna()] if "seed" in frame else []
     seeds = fresh_seeds(used, args.seeds, args.seed_start)
     overrides = dict(parse_override(text) for text in args.set)
+    # The runs train one after another in this process, on one thread by default, as the default
+    # study's trials do (study/driver.py): more threads on a shared 2-core machine made the same
+    # CPU run many times slower (OpenMP threads spin waiting for a descheduled sibling).
+    torch.set_num_threads(max(1, args.threads))
     print(f"confirming {[c.trial_id for c in candidates]} on seeds {seeds}", flush=True)
     runs = run_confirm(study_dir, candidates, seeds, overrides)
     summary = summarise(runs, candidates)
