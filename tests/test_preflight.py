@@ -276,3 +276,69 @@ def test_too_many_workers_for_this_machine(
 ) -> None:
     line = _refused([*_write(tmp_path, workers=100_000), "--dry-run"], capsys)  # real resources
     assert "one trial needs CPU=" in line
+
+
+# ---- metrics no trial reports ------------------------------------------------------------------
+def _add_eval(root: Path, body: str) -> None:
+    with (root / "base.toml").open("a") as fh:
+        fh.write(f"[eval]\n{body}\n")
+
+
+def test_study_metric_no_trial_reports_is_refused_with_did_you_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path, space_edit=('name = "pf"', 'name = "pf"\nmetric = "val/ndcg@11"'))
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert "study.metric = 'val/ndcg@11'" in line and "space.toml" in line
+    assert "did you mean val/ndcg@10" in line
+
+
+@pytest.mark.slow
+def test_study_metric_no_trial_reports_stops_a_real_run_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path, space_edit=('name = "pf"', 'name = "pf"\nmetric = "val/recal@10"'))
+    line = _refused(argv, capsys)
+    assert "study.metric = 'val/recal@10'" in line and "val/recall@10" in line
+
+
+def test_eval_metric_no_trial_reports_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path)
+    _add_eval(tmp_path, 'metric = "train/los"')
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert "eval.metric = 'train/los'" in line and "did you mean train/loss" in line
+
+
+def test_sampled_protocol_metrics_exist_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sampled = ('name = "pf"', 'name = "pf"\nmetric = "val/sampled5/hit@10"')
+    argv = _write(tmp_path, space_edit=sampled)
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert "val/sampled5/hit@10" in line
+    _add_eval(tmp_path, "sampled_negatives = 5")
+    assert run_search.main([*argv, "--dry-run"]) == 0
+
+
+def test_oracle_metrics_count_only_on_synthetic_data(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    oracle = ('name = "pf"', 'name = "pf"\nmetric = "val/oracle/ndcg@10"')
+    argv = _write(tmp_path, data=dataset, prepare=False, space_edit=oracle)
+    assert run_search.main([*argv, "--dry-run"]) == 0  # the synthetic benchmark reports it
+    meta = json.loads((dataset / "meta.json").read_text())
+    (dataset / "meta.json").write_text(json.dumps({**meta, "name": "table"}))
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert "val/oracle/ndcg@10" in line and "did you mean" in line
+
+
+def test_study_metric_must_be_eval_metric_when_epochs_skip_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path, space_edit=('name = "pf"', 'name = "pf"\nmetric = "val/recall@10"'))
+    assert run_search.main([*argv, "--dry-run"]) == 0  # every epoch validates: all keys there
+    _add_eval(tmp_path, "every_epochs = 2")
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert "eval.every_epochs = 2" in line and "eval.metric = 'val/ndcg@10'" in line

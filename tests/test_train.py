@@ -24,6 +24,7 @@ from vlm2rec.checkpoint import load_checkpoint
 from vlm2rec.config import RunConfig, SyntheticConfig, apply_overrides, to_dict
 from vlm2rec.data.schema import PreparedDataset
 from vlm2rec.distributed import DistInfo
+from vlm2rec.metric_names import reported_metrics
 from vlm2rec.model_eval import evaluate_model
 from vlm2rec.train import FitResult, NonFiniteLossError, build_run, eval_split, fit, lr_factor
 
@@ -99,6 +100,21 @@ def test_fit_reports_the_metric_names_every_epoch(clip_run: tuple[RunConfig, Fit
     assert all(np.isfinite(v) for h in res.history for v in h.values())
     assert set(res.test) == split_keys("test")
     assert res.test == {k: v for k, v in last.items() if k.startswith("test/")}
+
+
+def _per_epoch_metrics(row: Mapping[str, float]) -> set[str]:
+    return {k for k in row if k.startswith(("val/", "train/"))}
+
+
+def test_reported_metrics_are_the_keys_fit_reports(clip_run: tuple[RunConfig, FitResult]) -> None:
+    """The preflight's list of metric names (study/plan.py) is what a real run reports."""
+    cfg, res = clip_run
+    assert all(_per_epoch_metrics(h) == reported_metrics(cfg, synthetic=True) for h in res.history)
+    assert {f"test/{k[4:]}" for k in reported_metrics(cfg, True) if k[:4] == "val/"} == set(
+        res.test
+    )
+    not_synthetic = reported_metrics(cfg, synthetic=False)
+    assert not_synthetic == {k for k in reported_metrics(cfg, True) if "/oracle/" not in k}
 
 
 def test_fit_learns_and_best_epoch_is_argmax(clip_run: tuple[RunConfig, FitResult]) -> None:
@@ -367,3 +383,8 @@ def test_fit_reports_the_sampled_protocol_when_asked(
     for split, keys in (("val", res.best_val), ("test", res.test)):
         sampled = {f"{split}/sampled10/{m}@{k}" for m in ("hit", "ndcg") for k in (10, 20)}
         assert sampled <= set(keys) and split_keys(split) <= set(keys)
+    assert _per_epoch_metrics(res.history[0]) == reported_metrics(cfg, synthetic=True)
+    one_view = apply_overrides(cfg, {"eval.views": ["both"]})
+    model_keys = {k for k in reported_metrics(one_view, True) if "/oracle/" not in k}
+    assert "val/sampled10/hit@10" in model_keys and "val/ndcg@10" in model_keys
+    assert not any("/image" in k or "reliance" in k or "erank" in k for k in model_keys)
