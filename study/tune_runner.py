@@ -36,7 +36,7 @@ from vlm2rec.config import to_dict
 from vlm2rec.data.prepare import ensure_dataset
 from vlm2rec.data.schema import PreparedDataset
 
-__all__ = ["LOCAL_RAY_ENV", "STUDY_ENV", "connect", "make_scheduler", "run_study"]
+__all__ = ["LOCAL_RAY_ENV", "STUDY_ENV", "connect", "make_scheduler", "run_study", "tune_setup"]
 
 REPO = Path(__file__).resolve().parents[1]
 #: Environment of every study driver: Tune's automatic CSV/JSON/TBX loggers off (they duplicate
@@ -102,31 +102,7 @@ def _tuner(
     if tune.Tuner.can_restore(str(path)):
         print(f"resuming {path}", flush=True)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    s = spec.study
-    if kind == "reference":
-        param_space: dict[str, Any] = spec.reference_params()
-        tune_config = tune.TuneConfig(
-            num_samples=1, scheduler=FIFOScheduler(), metric=s.metric, mode=s.mode
-        )
-    else:
-        param_space = to_tune_param_space(spec)
-        searcher = OptunaSearch(
-            metric=s.metric,
-            mode=s.mode,
-            sampler=make_sampler(spec),
-            study_name=ctx.study,
-            storage=_optuna_storage(folder.optuna_db),
-        )
-        scheduler = make_scheduler(s)
-        tune_config = tune.TuneConfig(
-            metric=s.metric,
-            mode=s.mode,
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=s.num_samples,
-            max_concurrent_trials=concurrent,
-            time_budget_s=s.time_budget_s or None,
-        )
+    param_space, tune_config = tune_setup(kind, spec, folder, ctx.study, concurrent)
     run_config = tune.RunConfig(
         name=kind,
         storage_path=str(folder.root),
@@ -136,6 +112,46 @@ def _tuner(
     )
     return tune.Tuner(
         trainable, param_space=param_space, tune_config=tune_config, run_config=run_config
+    )
+
+
+def tune_setup(
+    kind: Kind, spec: SearchSpec, folder: StudyFolder, study: str, concurrent: int
+) -> tuple[dict[str, Any], tune.TuneConfig]:
+    """The param space and Tune config of one of the study's experiments: the reference trial,
+    a seeds-only grid (no Optuna, no early stopping) or the Optuna + scheduler search (its
+    Optuna study named ``study``, in ``optuna.db``)."""
+    s = spec.study
+    if kind == "reference":
+        param_space: dict[str, Any] = spec.reference_params()
+        return param_space, tune.TuneConfig(
+            num_samples=1, scheduler=FIFOScheduler(), metric=s.metric, mode=s.mode
+        )
+    if spec.seeds_only:
+        # Replicas of one config: Tune's own grid, no sampler to inform, every seed to the end.
+        return {"seed": tune.grid_search(list(s.seeds))}, tune.TuneConfig(
+            num_samples=1,
+            scheduler=FIFOScheduler(),
+            metric=s.metric,
+            mode=s.mode,
+            max_concurrent_trials=concurrent,
+            time_budget_s=s.time_budget_s or None,
+        )
+    searcher = OptunaSearch(
+        metric=s.metric,
+        mode=s.mode,
+        sampler=make_sampler(spec),
+        study_name=study,
+        storage=_optuna_storage(folder.optuna_db),
+    )
+    return to_tune_param_space(spec), tune.TuneConfig(
+        metric=s.metric,
+        mode=s.mode,
+        search_alg=searcher,
+        scheduler=make_scheduler(s),
+        num_samples=s.num_samples,
+        max_concurrent_trials=concurrent,
+        time_budget_s=s.time_budget_s or None,
     )
 
 

@@ -342,3 +342,54 @@ def test_study_metric_must_be_eval_metric_when_epochs_skip_validation(
     _add_eval(tmp_path, "every_epochs = 2")
     line = _refused([*argv, "--dry-run"], capsys)
     assert "eval.every_epochs = 2" in line and "eval.metric = 'val/ndcg@10'" in line
+
+
+# ---- nothing to search ---------------------------------------------------------------------------
+def _no_params(root: Path, study_lines: str = "") -> list[str]:
+    argv = _write(root)
+    text = (root / "space.toml").read_text()
+    text = text[: text.index("[params.")].replace('name = "pf"', f'name = "pf"\n{study_lines}')
+    (root / "space.toml").write_text(text)
+    return argv
+
+
+def test_space_with_nothing_to_search_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refused([*_no_params(tmp_path), "--dry-run"], capsys)
+    assert "space.toml" in line and "[params] is empty" in line
+    line = _refused([*_no_params(tmp_path, "seeds = [4]"), "--dry-run"], capsys)  # one seed: fixed
+    assert "[params] is empty" in line
+
+
+def test_seeds_only_study_runs_as_a_grid_without_optuna(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seeds = 'seeds = [0, 1]\nsampler = "grid"\nscheduler = "none"'
+    argv = _no_params(tmp_path, seeds)  # num_samples = 2: one trial per seed
+    assert run_search.main([*argv, "--dry-run"]) == 0
+    assert "seeds only: one trial per seed [0, 1], no sampler" in capsys.readouterr().out
+    spec = load_search_spec(tmp_path / "space.toml")
+    assert spec.seeds_only and [p.path for p in spec.params] == ["seed"]
+
+
+def test_seeds_only_tune_setup_has_no_searcher_and_no_scheduler(tmp_path: Path) -> None:
+    """What the seeds-only study hands Tune: a grid over the seeds, no Optuna, FIFO."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from study.records import StudyFolder
+    from study.tune_runner import tune_setup
+
+    _no_params(tmp_path, 'seeds = [0, 1]\nsampler = "grid"\nscheduler = "none"')
+    spec = load_search_spec(tmp_path / "space.toml")
+    folder = StudyFolder(tmp_path / "studies" / "pf")
+    space, config = tune_setup("search", spec, folder, "pf", concurrent=1)
+    assert space == {"seed": {"grid_search": [0, 1]}}
+    assert config.search_alg is None and isinstance(config.scheduler, FIFOScheduler)
+    assert config.num_samples == 1  # the grid makes one trial per seed
+    assert not folder.optuna_db.exists()
+    _write(tmp_path)  # a searched parameter: Optuna again, with its database
+    folder.root.mkdir(parents=True)
+    space, config = tune_setup("search", load_search_spec(tmp_path / "space.toml"), folder, "pf", 1)
+    assert type(config.search_alg).__name__ == "OptunaSearch" and list(space) == ["loss.alpha"]
+    assert folder.optuna_db.exists()
