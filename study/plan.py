@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import json
 import os
 from pathlib import Path
@@ -278,11 +279,26 @@ def _check_metric(spec: SearchSpec, key: str, metric: str, names: frozenset[str]
     )
 
 
-def check_storage(study_dir: Path) -> None:
-    """The study folder must be creatable and writable before any trial runs."""
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_storage(study_dir: Path, create: bool = True) -> None:
+    """The study folder must be creatable and writable before any trial runs.
+
+    A real run creates it and writes a probe file in it; a dry run (``create=False``) creates
+    nothing and writes the same probe where the real run's first folder would be created (the
+    nearest existing parent), so both refuse the same storage with the same message.
+    """
     try:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        probe = study_dir / f".write-probe-{os.getpid()}"
+        if create:
+            study_dir.mkdir(parents=True, exist_ok=True)
+        where = study_dir if create else _nearest_existing(study_dir)
+        if not where.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(where))
+        probe = where / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:

@@ -393,3 +393,24 @@ def test_seeds_only_tune_setup_has_no_searcher_and_no_scheduler(tmp_path: Path) 
     space, config = tune_setup("search", load_search_spec(tmp_path / "space.toml"), folder, "pf", 1)
     assert type(config.search_alg).__name__ == "OptunaSearch" and list(space) == ["loss.alpha"]
     assert folder.optuna_db.exists()
+
+
+# ---- storage: a dry run checks what a real run does ----------------------------------------------
+@pytest.mark.parametrize("where", ["/proc/vlm2rec-x", "{root}/file-not-folder/sub"])
+@pytest.mark.parametrize("dry_run", DRY_AND_REAL)
+def test_unusable_storage_is_refused_by_dry_and_real_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, dry_run: bool
+) -> None:
+    (tmp_path / "file-not-folder").write_text("")
+    storage = where.format(root=tmp_path)
+    argv = [*_write(tmp_path), "--storage", storage]
+    line = _refused([*argv, "--dry-run"] if dry_run else argv, capsys)
+    assert f"study folder {storage}/pf is not writable" in line
+
+
+def test_dry_run_creates_no_study_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path)
+    assert run_search.main([*argv, "--dry-run"]) == 0
+    assert not (tmp_path / "studies").exists()
