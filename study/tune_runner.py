@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 from study.callbacks import StudyContext, StudyRecorder, rebuild_leaderboard
 from study.driver import TrialPlan, run_trial
 from study.leaderboard import summary
-from study.plan import DRIVER_CPUS, EXIT_INTERRUPTED, StudyPlan
+from study.plan import DRIVER_CPUS, EXIT_INTERRUPTED, PreflightError, StudyPlan
 from study.records import VERSION_PACKAGES, Kind, StudyFolder
 from study.search_space import SearchSpec, StudySettings, make_sampler, to_tune_param_space
 from vlm2rec.atomic import atomic_write_text
@@ -36,7 +39,18 @@ from vlm2rec.config import to_dict
 from vlm2rec.data.prepare import ensure_dataset
 from vlm2rec.data.schema import PreparedDataset
 
-__all__ = ["LOCAL_RAY_ENV", "STUDY_ENV", "connect", "make_scheduler", "run_study", "tune_setup"]
+__all__ = [
+    "AUTH_MODE",
+    "DEFAULT_TOKEN",
+    "LOCAL_RAY_ENV",
+    "STUDY_ENV",
+    "connect",
+    "ensure_private_token",
+    "make_scheduler",
+    "run_study",
+    "tune_setup",
+    "use_auth_mode",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 #: Environment of every study driver: Tune's automatic CSV/JSON/TBX loggers off (they duplicate
@@ -52,6 +66,14 @@ LOCAL_RAY_ENV = {
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+#: Ray's authentication for every Ray a study starts or joins, unless RAY_AUTH_MODE is set:
+#: token, decided here rather than by the Ray version (2.60 turns it on for a new local Ray,
+#: 2.61 for every cluster). Without it anyone who reaches the Ray ports, which listen on the
+#: machine's address, can run code as this user. cluster.yaml and cluster.local.yaml start their
+#: nodes the same way.
+AUTH_MODE = "token"
+#: Where Ray looks for its token when neither RAY_AUTH_TOKEN nor RAY_AUTH_TOKEN_PATH is set.
+DEFAULT_TOKEN = Path("~/.ray/auth_token")
 
 
 def _git_sha() -> str | None:
@@ -65,6 +87,51 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {p: version(p) for p in VERSION_PACKAGES}
+
+
+def ensure_private_token(env: Mapping[str, str] = os.environ) -> Path | None:
+    """The token file a token-auth Ray started here will read, made if missing, or None when
+    auth is off or the token comes from the environment.
+
+    Ray 2.60 makes a missing token file itself, readable by every user of the machine (0644),
+    and each of them could then use the cluster: this makes it owner-only first (0600, 256 random
+    bits as hex, Ray's own format), and warns about an existing one that others can read.
+    """
+    if env.get("RAY_AUTH_MODE", "").lower() != "token":
+        return None
+    if env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    path = DEFAULT_TOKEN.expanduser()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            print(
+                f"warning: {path} (the Ray token) can be read by other users "
+                f"(mode {path.stat().st_mode & 0o777:o}): chmod 600 {path}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return path
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return path
+
+
+def use_auth_mode() -> str:
+    """Set RAY_AUTH_MODE to :data:`AUTH_MODE` unless it is set, and make this process's Ray agree.
+
+    Ray reads the mode once, when it is imported; a process that imported Ray before the variable
+    was set would start a token-auth GCS it cannot itself talk to ("Failed to start GCS"). Ray's
+    own switch (what ``ray.init`` calls when it turns token auth on by default) re-reads it.
+    """
+    mode = os.environ.setdefault("RAY_AUTH_MODE", AUTH_MODE).lower()
+    if mode == "token":
+        from ray._private.authentication import authentication_token_setup
+
+        authentication_token_setup._enable_token_auth()
+    return mode
 
 
 def connect(address: str) -> dict[str, float]:
@@ -81,12 +148,22 @@ def _start(address: str) -> bool:
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return False
+    mode = use_auth_mode()
     if address == "local":
         for key, value in LOCAL_RAY_ENV.items():  # inherited by every Ray process started here
             os.environ.setdefault(key, value)
+        ensure_private_token()
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
-    else:
+        return True
+    try:
         ray.init(address=address)
+    except ray.exceptions.AuthenticationError as exc:
+        raise PreflightError(
+            f"--address {address}: Ray's token authentication failed (RAY_AUTH_MODE={mode}): "
+            f"{str(exc).splitlines()[0]}; the cluster's token belongs in {DEFAULT_TOKEN} "
+            "(cluster.yaml copies it to every node), or join a cluster without token auth "
+            "with RAY_AUTH_MODE=disabled"
+        ) from None
     return True
 
 

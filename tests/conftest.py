@@ -42,13 +42,14 @@ def ray_local() -> Iterator[None]:
 
     Logical CPUs may exceed physical cores (docs/ARCHITECTURE.md, "Ray traps"): 4 lets a trial
     driver (0.5 CPU) and its two 0.5-CPU Train workers run beside a second trial. The dashboard
-    stays on: Train needs it to free the workers of trials that ASHA stops.
+    stays on: Train needs it to free the workers of trials that ASHA stops. Token authentication
+    is on, as in a local study.
     """
     import os
 
     import ray
 
-    from study.tune_runner import LOCAL_RAY_ENV
+    from study.tune_runner import LOCAL_RAY_ENV, ensure_private_token, use_auth_mode
 
     env = {
         **LOCAL_RAY_ENV,
@@ -57,6 +58,8 @@ def ray_local() -> Iterator[None]:
     }
     for key, value in env.items():
         os.environ.setdefault(key, value)
+    use_auth_mode()  # token auth, as a local study runs it
+    ensure_private_token()
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1")
     yield
     ray.shutdown()

@@ -414,3 +414,24 @@ def test_dry_run_creates_no_study_folder(
     argv = _write(tmp_path)
     assert run_search.main([*argv, "--dry-run"]) == 0
     assert not (tmp_path / "studies").exists()
+
+
+# ---- the token of a local Ray --------------------------------------------------------------------
+def test_local_token_is_made_owner_only_and_a_readable_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from study.tune_runner import ensure_private_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    token = tmp_path / ".ray" / "auth_token"
+    assert ensure_private_token({"RAY_AUTH_MODE": "disabled"}) is None and not token.exists()
+    assert ensure_private_token({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"}) is None
+    assert ensure_private_token({"RAY_AUTH_MODE": "token"}) == token
+    text = token.read_text()
+    assert len(text) == 64 and int(text, 16) >= 0  # 256 bits as hex, as Ray makes them
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert ensure_private_token({"RAY_AUTH_MODE": "token"}) == token
+    assert token.read_text() == text and capsys.readouterr().err == ""  # kept as it was
+    token.chmod(0o644)
+    ensure_private_token({"RAY_AUTH_MODE": "token"})
+    assert f"warning: {token}" in capsys.readouterr().err and token.read_text() == text
