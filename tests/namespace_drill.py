@@ -1,0 +1,271 @@
+"""Cluster drills that must run isolated: ``ray up``/``ray down`` over SSH, and two Ray nodes on
+this machine that lose one of them.
+
+Run only through ``tests/test_cluster.py``, which starts it in its own PID, mount and network
+namespaces, under a bash as PID 1 (:data:`NAMESPACE`)::
+
+    unshare --pid --fork --mount-proc --net -- bash -c '"$@"; exit $?' drill \
+        python tests/namespace_drill.py launcher WORK
+
+The bash reaps the processes Ray daemonizes when they exit; a Python PID 1 would leave them
+zombies, which ``ray stop`` waits for until the end of its 16 s grace period.
+
+Why: ``ray stop`` (which ``ray down`` runs on the head) kills every Ray process it can see,
+whoever started it, and Ray keeps machine-wide state in ``/tmp/ray`` (``ray_current_cluster`` is
+what ``address="auto"`` reads) and listens on fixed ports (6379, 8265). In these namespaces it
+sees only this drill's processes, its own ``/tmp/ray`` (a bind mount of ``WORK/ray-tmp``), its own
+loopback network and its own home (``WORK/home``, root's home in a private copy of
+``/etc/passwd``, so sshd logs in there): nothing of the machine's other Ray instances, nor of the
+test suite's. When PID 1 (this script) exits, the kernel kills whatever is left in the namespace.
+
+Each drill writes ``WORK/result.json`` (timings, exit codes, what it saw); the tests assert on it.
+Subcommands: ``launcher`` (sshd on 127.0.0.1, ``ray up``/``exec``/``rsync-down``/``down`` of
+cluster.local.yaml) and ``two-nodes`` (a head with ``driver`` and a worker node; the worker
+node's raylet SIGKILLed mid-trial and started again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # ray_auth, beside this file
+
+from ray_auth import dashboard_auth  # noqa: E402
+
+BIN = Path(sys.executable).parent  #: the project's virtual environment (ray, python)
+#: What marks a Ray process (binaries and scripts under site-packages/ray, renamed workers).
+RAY_MARKERS = ("site-packages/ray/", "ray::", "raylet", "gcs_server")
+#: The tiny study of both drills: 2 grid trials, 1 Train worker each, seconds per epoch.
+#: The command prefix that isolates a drill (the tests put ``python namespace_drill.py ...`` after).
+NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--net", "--")
+NAMESPACE += ("bash", "-c", '"$@"; exit $?', "drill")
+SPACE = """
+base = "base.toml"
+[study]
+name = "tiny"
+sampler = "grid"
+num_samples = 2
+scheduler = "none"
+max_t = {epochs}
+grace_period = 1
+workers_per_trial = {workers}
+cpus_per_worker = {cpus}
+max_concurrent_trials = 1
+reference = false
+max_failures = {max_failures}
+[params."loss.alpha"]
+type = "categorical"
+choices = [0.1, 1.0]
+"""
+
+
+# ---- isolation ----------------------------------------------------------------------------------
+def run(cmd: Sequence[str | Path], log: Path | None = None, **kw: Any) -> tuple[int, float]:
+    """Run ``cmd`` (output appended to ``log``); return its exit code and wall seconds."""
+    start = time.perf_counter()
+    if log is None:
+        rc = subprocess.run([str(c) for c in cmd], check=False, **kw).returncode
+    else:
+        with log.open("ab") as out:
+            out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
+            out.flush()
+            rc = subprocess.run(
+                [str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, check=False, **kw
+            ).returncode
+    return rc, time.perf_counter() - start
+
+
+def must(*cmd: str | Path) -> None:
+    """Run a setup command that cannot fail."""
+    subprocess.run([str(c) for c in cmd], check=True)
+
+
+def isolate(work: Path) -> Path:
+    """Loopback up, a private /tmp/ray and a private home for root; returns the home."""
+    if os.getppid() != 1 or Path("/proc/1/comm").read_text().strip() != "bash":
+        sys.exit("namespace_drill.py must run under NAMESPACE's bash, PID 1 (see the docstring)")
+    must("ip", "link", "set", "lo", "up")
+    ray_tmp = work / "ray-tmp"
+    ray_tmp.mkdir()
+    Path("/tmp/ray").mkdir(exist_ok=True)  # the mount point; the bind makes it private here
+    must("mount", "--bind", ray_tmp, "/tmp/ray")
+    home = work / "home"
+    home.mkdir(mode=0o700)
+    lines = Path("/etc/passwd").read_text().splitlines()
+    fields = [line.split(":") for line in lines]
+    rows = [[*f[:5], str(home), *f[6:]] if f[0] == "root" else f for f in fields]
+    (work / "passwd").write_text("".join(":".join(f) + "\n" for f in rows))
+    must("mount", "--bind", work / "passwd", "/etc/passwd")
+    (work / "tmp").mkdir()
+    os.environ.update(
+        HOME=str(home),
+        TMPDIR=str(work / "tmp"),
+        PATH=f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "VIRTUAL_ENV"):
+        os.environ.pop(key, None)
+    return home
+
+
+def ray_processes() -> list[str]:
+    """Command lines of the live (not zombie) Ray processes this namespace can see."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        if proc.info["pid"] == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if any(m in cmd for m in RAY_MARKERS):
+            found.append(f"{proc.info['pid']}: {cmd[:160]}")
+    return found
+
+
+def write_study(root: Path, epochs: int, workers: int, cpus: float, max_failures: int) -> None:
+    """The tiny study (base + space) in ``root``; its data folder is built by the study."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import TINY_STUDY_BASE
+
+    root.mkdir(parents=True, exist_ok=True)
+    base = TINY_STUDY_BASE.format(data="data").replace("epochs = 2", f"epochs = {epochs}")
+    (root / "base.toml").write_text(base)
+    (root / "space.toml").write_text(
+        SPACE.format(epochs=epochs, workers=workers, cpus=cpus, max_failures=max_failures)
+    )
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str, step: float = 0.2) -> float:
+    """Poll ``cond``; the seconds it took, or SystemExit naming ``what``."""
+    start = time.perf_counter()
+    while not cond():
+        if time.perf_counter() - start > timeout:
+            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
+    return time.perf_counter() - start
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ---- the cluster launcher over SSH --------------------------------------------------------------
+SSHD_CONFIG = """
+ListenAddress 127.0.0.1
+Port 22
+HostKey {host_key}
+PidFile {work}/sshd.pid
+AuthorizedKeysFile .ssh/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes yes
+PrintMotd no
+"""
+
+
+def start_sshd(work: Path, home: Path) -> subprocess.Popen[bytes]:
+    """sshd on 127.0.0.1:22 of this namespace, accepting only a key made here for the drill."""
+    ssh = home / ".ssh"
+    ssh.mkdir(mode=0o700)
+    must("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", work / "host_key")
+    must("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", ssh / "id_ed25519")
+    shutil.copy(ssh / "id_ed25519.pub", ssh / "authorized_keys")
+    (ssh / "authorized_keys").chmod(0o600)
+    (work / "sshd_config").write_text(SSHD_CONFIG.format(host_key=work / "host_key", work=work))
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation folder
+    log = (work / "sshd.log").open("wb")
+    proc = subprocess.Popen(
+        [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", work / "sshd_config"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_until(lambda: port_open(22), 30, "sshd on 127.0.0.1:22")
+    return proc
+
+
+def launcher_config(work: Path) -> Path:
+    """cluster.local.yaml with this drill's head (127.0.0.1) and SSH user; nothing else changed."""
+    cfg = yaml.safe_load((REPO / "cluster.local.yaml").read_text())
+    cfg["provider"].update(head_ip="127.0.0.1", worker_ips=[])
+    cfg["auth"]["ssh_user"] = "root"
+    path = work / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def launcher(work: Path, result: dict[str, Any]) -> None:
+    """``ray up``, a 2-trial study through ``ray exec``, ``ray rsync-down``, ``ray down``."""
+    home = isolate(work)
+    result["home"] = str(home)
+    sshd = start_sshd(work, home)
+    log = work / "launcher.log"
+    # The node's environment "made once" by cluster.local.yaml's setup: here, this project's.
+    (home / "vlm2rec-venv").symlink_to(Path(sys.prefix))
+    rc, _ = run(["ray", "get-auth-token", "--generate"], log)  # as the README says, once
+    (home / ".ray" / "auth_token").chmod(0o600)
+    result["token_rc"] = rc
+    write_study(work / "tiny", epochs=1, workers=1, cpus=0.5, max_failures=0)
+    cfg = launcher_config(work)
+    steps: list[tuple[str, list[str | Path]]] = [
+        ("up", ["ray", "up", "-y", "--no-config-cache", cfg]),
+        ("rsync_up", ["ray", "rsync-up", cfg, f"{work / 'tiny'}/", "~/tiny/"]),
+        (
+            "exec",
+            [
+                "ray",
+                "exec",
+                cfg,
+                "cd ~/vlm2rec-study && python study/run_search.py --space ~/tiny/space.toml "
+                "--storage ~/studies --address auto",
+            ],
+        ),
+    ]
+    try:
+        for name, cmd in steps:
+            result[f"{name}_rc"], result[f"{name}_s"] = run(cmd, log, cwd=REPO)
+            if result[f"{name}_rc"] != 0:
+                break
+        else:
+            result["auth"] = dashboard_auth("127.0.0.1:8265", home / ".ray" / "auth_token")
+            down = ["ray", "rsync-down", cfg, "~/studies/tiny/leaderboard.parquet", work]
+            result["rsync_down_rc"], result["rsync_down_s"] = run(down, log, cwd=REPO)
+        result["alive_before_down"] = len(ray_processes())
+    finally:
+        result["down_rc"], result["down_s"] = run(["ray", "down", "-y", cfg], log, cwd=REPO)
+        time.sleep(1)  # ray stop has sent its signals; let the last ones exit
+        result["survivors"] = ray_processes()
+        result["bashrc"] = (home / ".bashrc").read_text() if (home / ".bashrc").exists() else ""
+        sshd.send_signal(signal.SIGTERM)
+        sshd.wait(10)
+
+
+def main(argv: list[str]) -> int:
+    mode, work = argv[0], Path(argv[1]).resolve()
+    drills = {"launcher": launcher}
+    result: dict[str, Any] = {}
+    try:
+        drills[mode](work, result)
+    except SystemExit as exc:  # a drill step timed out or found its setup wrong
+        result["failed"] = str(exc)
+    finally:
+        (work / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
