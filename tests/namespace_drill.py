@@ -74,18 +74,25 @@ choices = [0.1, 1.0]
 
 
 # ---- isolation ----------------------------------------------------------------------------------
-def run(cmd: Sequence[str | Path], log: Path | None = None, **kw: Any) -> tuple[int, float]:
+def run(cmd: Sequence[str | Path], log: Path, timeout: float = 300, **kw: Any) -> tuple[int, float]:
     """Run ``cmd`` (output appended to ``log``); return its exit code and wall seconds."""
     start = time.perf_counter()
-    if log is None:
-        rc = subprocess.run([str(c) for c in cmd], check=False, **kw).returncode
-    else:
-        with log.open("ab") as out:
-            out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
-            out.flush()
+    with log.open("ab") as out:
+        out.write(f"\n$ {' '.join(map(str, cmd))}\n".encode())
+        out.flush()
+        try:
             rc = subprocess.run(
-                [str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, check=False, **kw
+                [str(c) for c in cmd],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+                timeout=timeout,
+                **kw,
             ).returncode
+        except subprocess.TimeoutExpired:
+            raise SystemExit(
+                f"{' '.join(map(str, cmd))[:200]}: no exit in {timeout:.0f} s"
+            ) from None
     return rc, time.perf_counter() - start
 
 
@@ -113,7 +120,9 @@ def isolate(work: Path) -> Path:
     (work / "tmp").mkdir()
     os.environ.update(
         HOME=str(home),
-        TMPDIR=str(work / "tmp"),
+        TMPDIR=str(work / "tmp"),  # other programs' temporary files
+        RAY_TMPDIR="/tmp",  # Ray's: the private /tmp/ray (it would follow TMPDIR otherwise,
+        # and the pytest path makes its AF_UNIX socket paths longer than the 107 bytes allowed)
         PATH=f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         RAY_USAGE_STATS_ENABLED="0",
     )
@@ -221,23 +230,18 @@ def launcher(work: Path, result: dict[str, Any]) -> None:
     result["token_rc"] = rc
     write_study(work / "tiny", epochs=1, workers=1, cpus=0.5, max_failures=0)
     cfg = launcher_config(work)
-    steps: list[tuple[str, list[str | Path]]] = [
-        ("up", ["ray", "up", "-y", "--no-config-cache", cfg]),
-        ("rsync_up", ["ray", "rsync-up", cfg, f"{work / 'tiny'}/", "~/tiny/"]),
-        (
-            "exec",
-            [
-                "ray",
-                "exec",
-                cfg,
-                "cd ~/vlm2rec-study && python study/run_search.py --space ~/tiny/space.toml "
-                "--storage ~/studies --address auto",
-            ],
-        ),
+    study = (
+        "cd ~/vlm2rec-study && python study/run_search.py --space ~/tiny/space.toml "
+        "--storage ~/studies --address auto"
+    )
+    steps: list[tuple[str, list[str | Path], float]] = [
+        ("up", ["ray", "up", "-y", "--no-config-cache", cfg], 180),
+        ("rsync_up", ["ray", "rsync-up", cfg, f"{work / 'tiny'}/", "~/tiny/"], 60),
+        ("exec", ["ray", "exec", cfg, study], 420),
     ]
     try:
-        for name, cmd in steps:
-            result[f"{name}_rc"], result[f"{name}_s"] = run(cmd, log, cwd=REPO)
+        for name, cmd, timeout in steps:
+            result[f"{name}_rc"], result[f"{name}_s"] = run(cmd, log, timeout, cwd=REPO)
             if result[f"{name}_rc"] != 0:
                 break
         else:
@@ -254,9 +258,180 @@ def launcher(work: Path, result: dict[str, Any]) -> None:
         sshd.wait(10)
 
 
+# ---- two Ray nodes on one machine, one of them lost ----------------------------------------------
+#: Every Ray process of the drill: token auth, and Train's controller polling its workers every
+#: 0.5 s (as a local study runs it); the health checks that find a dead node keep Ray's defaults,
+#: so the time to detect the loss is the one a real cluster has.
+NODE_ENV = {
+    "RAY_AUTH_MODE": "token",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def mount_ns(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/mnt")
+
+
+def start_worker_node(study_dir: Path, log: Path) -> None:
+    """A Ray worker node in a mount namespace of its own, where the study folder is read-only:
+    the proof that only the driver (on the head) writes it. It offers the CPUs the Train workers
+    ask for; the head keeps too few for one."""
+    script = (
+        f"mount --bind {study_dir} {study_dir} && mount -o remount,bind,ro {study_dir} && "
+        "exec ray start --address=127.0.0.1:6379 --num-cpus=2"
+    )
+    rc, _ = run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], log, 120)
+    if rc != 0:
+        raise SystemExit(f"the worker node did not start (rc {rc}); see {log}")
+
+
+def raylets() -> dict[str, int]:
+    """{mount namespace: pid} of the live raylets: the head's shares this drill's namespace."""
+    found = {}
+    for proc in psutil.process_iter(["pid", "name", "status"]):
+        if proc.info["name"] == "raylet" and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found[mount_ns(proc.info["pid"])] = proc.info["pid"]
+    return found
+
+
+def nodes() -> list[dict[str, Any]]:
+    from ray.util.state import list_nodes
+
+    return [n.__dict__ for n in list_nodes(address="127.0.0.1:6379", detail=True)]
+
+
+def first_report(study_dir: Path) -> str | None:
+    """The trial id of the first record with a reported epoch (its checkpoint is persisted)."""
+    for path in sorted((study_dir / "trials").glob("*.json")):
+        try:
+            if json.loads(path.read_text()).get("history"):
+                return path.stem
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def kill_node_namespace(ns: str) -> list[str]:
+    """SIGKILL what is left of a lost node (its log monitor outlives the raylet)."""
+    left = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and mount_ns(proc.info["pid"]) == ns:
+                left.append(" ".join(proc.info["cmdline"] or [])[:120])
+                proc.kill()
+        except (OSError, psutil.Error):
+            continue
+    return left
+
+
+def checkpointed_epoch(run_dir: Path) -> int:
+    """The last epoch a Train run has persisted a checkpoint of (0 if none)."""
+    epochs = [0]
+    for progress in run_dir.glob("checkpoint_*/progress.json"):
+        try:
+            epochs.append(int(json.loads(progress.read_text())["progress"]["epoch"]))
+        except (OSError, ValueError, KeyError):
+            continue  # being written
+    return max(epochs)
+
+
+def optuna_states(db: Path) -> dict[str, int]:
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(db)) as con:
+        return dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+
+
+def two_nodes(work: Path, result: dict[str, Any]) -> None:
+    """A 2-trial study on a head (`driver`) and a worker node; the worker node's raylet is
+    SIGKILLed after the first trial's first checkpoint and the node is started again."""
+    home = isolate(work)
+    os.environ.update(NODE_ENV)
+    log, study_log = work / "nodes.log", work / "study.log"
+    run(["ray", "get-auth-token", "--generate"], log)
+    (home / ".ray" / "auth_token").chmod(0o600)
+    write_study(work / "tiny", epochs=3, workers=1, cpus=1.0, max_failures=2)
+    study_dir, shared = work / "studies" / "tiny", work / "shared-train"
+    study_dir.mkdir(parents=True)
+    head = [
+        "ray", "start", "--head", "--port=6379", "--num-cpus=1", "--resources={\"driver\":64}",
+        "--dashboard-host=127.0.0.1",
+    ]  # fmt: skip
+    result["head_rc"], result["head_s"] = run(head, log, timeout=120)
+    if result["head_rc"] != 0:
+        raise SystemExit(f"the head did not start (rc {result['head_rc']}); see {log}")
+    start_worker_node(study_dir, log)
+    wait_until(lambda: len(raylets()) == 2, 60, "two raylets")
+    ours = mount_ns(os.getpid())
+    result["nodes_before"] = [(n["node_id"], n["is_head_node"], n["state"]) for n in nodes()]
+    argv = [
+        sys.executable,
+        REPO / "study" / "run_search.py",
+        "--space",
+        work / "tiny" / "space.toml",
+    ]
+    argv += ["--storage", work / "studies", "--address", "auto", "--train-storage", shared]
+    t0 = time.perf_counter()
+    with study_log.open("wb") as out:
+        driver = subprocess.Popen(
+            [str(a) for a in argv], cwd=work, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_until(lambda: first_report(study_dir) is not None, 300, "the first epoch", 0.1)
+        result["killed_trial"] = first_report(study_dir)
+        (lost_ns,) = [ns for ns in raylets() if ns != ours]
+        lost = {n["node_id"] for n in nodes() if not n["is_head_node"]}
+        t_kill = time.perf_counter()
+        os.kill(raylets()[lost_ns], signal.SIGKILL)
+        done = checkpointed_epoch(shared / f"train-{result['killed_trial']}")
+        result["checkpointed_epoch_at_kill"] = done
+        result["kill_at_s"] = t_kill - t0
+        result["detect_s"] = wait_until(
+            lambda: all(n["state"] == "DEAD" for n in nodes() if n["node_id"] in lost), 120,
+            "the head to mark the lost node dead", 0.25,
+        )  # fmt: skip
+        result["left_of_lost_node"] = kill_node_namespace(lost_ns)
+        start_worker_node(study_dir, log)
+        result["restart_s"] = time.perf_counter() - t_kill
+        trial = study_dir / "trials" / f"{result['killed_trial']}.json"
+
+        def trained_after_kill() -> bool:  # an epoch past the last checkpoint at the kill
+            history = json.loads(trial.read_text())["history"]
+            return any(h["epoch"] > done for h in history)
+
+        wait_until(trained_after_kill, 300, "an epoch trained after the kill")
+        result["resumed_s"] = time.perf_counter() - t_kill
+        result["driver_rc"] = driver.wait(timeout=400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    result["wall_s"] = time.perf_counter() - t0
+    (worker_ns,) = [ns for ns in raylets() if ns != ours]
+    probe = ["nsenter", f"--mount=/proc/{raylets()[worker_ns]}/ns/mnt", "touch", study_dir / "x"]
+    result["worker_write_rc"], _ = run(probe, log)
+    result["nodes_after"] = [(n["node_id"], n["is_head_node"], n["state"]) for n in nodes()]
+    from ray.util.state import list_actors
+
+    actors = list_actors(address="127.0.0.1:6379", limit=10_000, detail=True)
+    result["actors"] = [(a.class_name, a.node_id, a.state) for a in actors]
+    result["optuna"] = optuna_states(study_dir / "optuna.db")
+    result["checkpoints"] = sorted(
+        str(p.relative_to(shared)) for p in shared.glob("*/checkpoint_*")
+    )
+    result["study_files"] = sorted(str(p.relative_to(study_dir)) for p in study_dir.rglob("*"))
+    result["stop_rc"], _ = run(["ray", "stop"], log)
+    time.sleep(1)
+    result["survivors"] = ray_processes()
+
+
 def main(argv: list[str]) -> int:
     mode, work = argv[0], Path(argv[1]).resolve()
-    drills = {"launcher": launcher}
+    drills = {"launcher": launcher, "two-nodes": two_nodes}
     result: dict[str, Any] = {}
     try:
         drills[mode](work, result)

@@ -71,3 +71,50 @@ def test_ray_up_exec_rsync_down_and_down_over_ssh(tmp_path: Path) -> None:
         "ray up {up_s:.0f} s, rsync-up {rsync_up_s:.0f} s, exec (2-trial study) {exec_s:.0f} s, "
         "rsync-down {rsync_down_s:.0f} s, down {down_s:.0f} s".format(**result)
     )
+
+
+def test_study_across_two_nodes_survives_losing_the_worker_node(tmp_path: Path) -> None:
+    """A head with `driver` and a worker node on this machine (told apart by node id: both have
+    the same IP). Train workers run on the worker node, where the study folder is mounted
+    read-only; checkpoints go to --train-storage. After the first trial's first checkpoint the
+    worker node's raylet is SIGKILLed; the node is started again once the head marks it dead,
+    and the trial resumes from that checkpoint. About 2 minutes."""
+    work = tmp_path / "nodes"
+    result = run_drill("two-nodes", work, timeout=560)
+    log = (work / "study.log").read_text()
+    assert result["head_rc"] == 0 and result["driver_rc"] == 0, log[-6000:]
+    head = {n for n, is_head, _ in result["nodes_before"] if is_head}
+    (lost,) = {n for n, is_head, _ in result["nodes_before"] if not is_head}
+    states = {n: state for n, _, state in result["nodes_after"]}
+    (new,) = {n for n, state in states.items() if state == "ALIVE"} - head
+    assert states[lost] == "DEAD"
+    placed: dict[str, set[str]] = {}
+    for cls, node, _ in result["actors"]:
+        placed.setdefault(cls, set()).add(node)
+    assert placed["RayTrainWorker"] == {lost, new}  # never on the head
+    assert placed["TrainController"] == head and placed["ImplicitFunc"] == head  # drivers stay
+    assert result["worker_write_rc"] != 0  # the worker node cannot write the study folder
+    killed = result["killed_trial"]
+    rows = pq.read_table(work / "studies" / "tiny" / "leaderboard.parquet").to_pylist()
+    assert sorted(r["trial_id"] for r in rows) == sorted({r["trial_id"] for r in rows})
+    assert killed in {r["trial_id"] for r in rows} and len(rows) == 2
+    assert {(r["status"], r["epochs"]) for r in rows} == {("completed", 3)}
+    assert all(r["checkpoint_path"].startswith(str(work / "shared-train")) for r in rows)
+    # Resumed from the first checkpoint: every epoch of the killed trial reported exactly once.
+    for epoch in (1, 2, 3):
+        assert log.count(f"[search {killed}] epoch {epoch} ") == 1, log[-6000:]
+    assert result["optuna"] == {"COMPLETE": 2}  # no trial left RUNNING
+    assert result["survivors"] == []
+    walls = {r["trial_id"]: r["wall_s"] for r in rows}
+    (other,) = set(walls) - {killed}
+    done = result["checkpointed_epoch_at_kill"]
+    assert 1 <= done < 3  # killed mid-trial, after its first checkpoint
+    print(
+        f"node loss: killed {result['kill_at_s']:.0f} s into the study, during epoch {done + 1} "
+        f"(epoch {done} checkpointed: the part of epoch {done + 1} done before the kill was "
+        f"trained again, no finished epoch); marked dead after {result['detect_s']:.1f} s, "
+        f"node back after "
+        f"{result['restart_s']:.1f} s, epoch {done + 1} reported {result['resumed_s']:.1f} s "
+        f"after the kill; killed trial {walls[killed]:.0f} s vs {walls[other]:.0f} s "
+        f"untouched; study wall {result['wall_s']:.0f} s"
+    )
