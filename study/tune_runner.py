@@ -46,6 +46,7 @@ __all__ = [
     "STUDY_ENV",
     "connect",
     "ensure_private_token",
+    "fail_orphaned_optuna_trials",
     "make_scheduler",
     "run_study",
     "tune_setup",
@@ -250,6 +251,30 @@ def _optuna_storage(db: Path) -> Any:
     return optuna.storages.RDBStorage(f"sqlite:///{db}")
 
 
+def fail_orphaned_optuna_trials(db: Path, study: str) -> list[int]:
+    """Mark the trials of ``optuna.db`` still RUNNING as FAIL; return their numbers.
+
+    Called when the search has finished, so nothing runs any more. A driver killed between
+    Optuna creating a trial and Tune saving the searcher's state leaves that trial RUNNING in
+    the database for ever (the restored searcher does not know it); optuna-dashboard, the report's
+    importance and any study that loads the database would count it as in progress.
+    """
+    if not db.exists():  # a seeds-only study has no sampler
+        return []
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = _optuna_storage(db)
+    try:
+        found = optuna.load_study(study_name=study, storage=storage)
+    except KeyError:  # no such study in the file
+        return []
+    running = found.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return [t.number for t in running]
+
+
 def _fit_interrupted(tuner: tune.Tuner) -> bool:
     """Run ``tuner.fit()``; True if Ctrl-C (SIGINT) stopped it.
 
@@ -334,6 +359,8 @@ def run_study(plan: StudyPlan, fits: int) -> int:
                 ray.shutdown()
             return EXIT_INTERRUPTED
     rebuild_leaderboard(ctx)
+    for number in fail_orphaned_optuna_trials(folder.optuna_db, plan.name):
+        print(f"optuna: trial {number} was left RUNNING by a killed driver; marked FAIL")
     wall = time.perf_counter() - start
     atomic_write_text(folder.done, json.dumps({"wall_s": wall, "finished": time.time()}) + "\n")
     print(f"\nstudy {plan.name} finished in {wall:.0f} s")
