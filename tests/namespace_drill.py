@@ -16,7 +16,7 @@ what ``address="auto"`` reads) and listens on fixed ports (6379, 8265). In these
 sees only this drill's processes, its own ``/tmp/ray`` (a bind mount of ``WORK/ray-tmp``), its own
 loopback network and its own home (``WORK/home``, root's home in a private copy of
 ``/etc/passwd``, so sshd logs in there): nothing of the machine's other Ray instances, nor of the
-test suite's. When PID 1 (this script) exits, the kernel kills whatever is left in the namespace.
+test suite's. When the namespace's PID 1 exits, the kernel kills whatever is left in it.
 
 Each drill writes ``WORK/result.json`` (timings, exit codes, what it saw); the tests assert on it.
 Subcommands: ``launcher`` (sshd on 127.0.0.1, ``ray up``/``exec``/``rsync-down``/``down`` of
@@ -49,10 +49,10 @@ from ray_auth import dashboard_auth  # noqa: E402
 BIN = Path(sys.executable).parent  #: the project's virtual environment (ray, python)
 #: What marks a Ray process (binaries and scripts under site-packages/ray, renamed workers).
 RAY_MARKERS = ("site-packages/ray/", "ray::", "raylet", "gcs_server")
-#: The tiny study of both drills: 2 grid trials, 1 Train worker each, seconds per epoch.
 #: The command prefix that isolates a drill (the tests put ``python namespace_drill.py ...`` after).
 NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--net", "--")
 NAMESPACE += ("bash", "-c", '"$@"; exit $?', "drill")
+#: The tiny study of both drills: 2 grid trials, 1 Train worker each, seconds per epoch.
 SPACE = """
 base = "base.toml"
 [study]

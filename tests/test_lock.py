@@ -57,6 +57,11 @@ with hold(Path(sys.argv[1])):
 """
 
 
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
 def _argv(root: Path) -> list[str]:
     (root / "base.toml").write_text(BASE.format(data=root / "data"))
     (root / "space.toml").write_text(SPACE)
@@ -84,12 +89,13 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
 def test_second_driver_is_refused_naming_the_first(
     tmp_path: Path, holder: subprocess.Popen[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = run_search.main(_argv(tmp_path))  # a real run: refused before it imports Ray
+    ray_was_up = _ray_up()  # the suite's shared Ray may run; this refusal must not start one
+    rc = run_search.main(_argv(tmp_path))  # a real run, refused before Ray
     lines = capsys.readouterr().err.strip().splitlines()
     assert rc == run_search.EXIT_BAD_INPUT and len(lines) == 1, lines
     assert lines[0].startswith("error: --storage: study folder")
     assert f"pid {holder.pid} on host {socket.gethostname()}" in lines[0]
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert _ray_up() == ray_was_up
 
 
 def test_dry_run_of_a_running_study_warns_and_takes_nothing(
