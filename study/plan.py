@@ -14,12 +14,22 @@ the file, key, path or resource, before anything pays for a Ray start:
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import errno
+import json
 import os
 from pathlib import Path
 
 from study.records import StudyFolder
-from study.search_space import CategoricalParam, SearchSpec, describe, load_search_spec
-from vlm2rec.config import ConfigError
+from study.search_space import (
+    CategoricalParam,
+    SearchSpaceError,
+    SearchSpec,
+    corner_points,
+    describe,
+    load_search_spec,
+)
+from vlm2rec.config import ConfigError, DataConfig, EvalConfig, RunConfig
 from vlm2rec.data.schema import DatasetError, read_dataset
 
 __all__ = [
@@ -31,6 +41,7 @@ __all__ = [
     "PreflightError",
     "StudyOptions",
     "StudyPlan",
+    "check_metrics",
     "check_storage",
     "local_resources",
     "looks_like_path",
@@ -119,6 +130,7 @@ def prepare(options: StudyOptions) -> StudyPlan:
     spec = _load_spec(options)
     warnings = check_model_paths(spec)
     check_dataset(spec, validate=options.dry_run)
+    check_metrics(spec)
     name = options.name or spec.study.name
     folder = StudyFolder((options.storage / name).resolve())
     train_storage = options.train_storage or str(folder.root / "train")
@@ -206,11 +218,87 @@ def check_dataset(spec: SearchSpec, validate: bool) -> None:
         read_dataset(path)
 
 
-def check_storage(study_dir: Path) -> None:
-    """The study folder must be creatable and writable before any trial runs."""
+def _will_be_synthetic(data: DataConfig) -> bool:
+    """Whether the run's data is the synthetic benchmark (whose runs also report the generator's
+    oracles): a missing folder will be built as one, an existing one says so in its meta.json."""
+    path = Path(data.path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return True
     try:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        probe = study_dir / f".write-probe-{os.getpid()}"
+        return bool(json.loads((path / "meta.json").read_text()).get("name") == "synthetic")
+    except (OSError, ValueError, AttributeError):
+        return False  # an unreadable dataset is refused by its own check, not here
+
+
+def _trial_configs(spec: SearchSpec) -> list[RunConfig]:
+    """The base run config and every corner's: what decides the names a trial reports."""
+    configs = [spec.base_config()]
+    configs += [spec.run_config(point) for point in corner_points(spec)]
+    if spec.study.reference:
+        configs.append(spec.run_config(spec.reference_params()))
+    return configs
+
+
+def check_metrics(spec: SearchSpec) -> None:
+    """Refuse a ``study.metric`` (what Tune, Optuna and ASHA read) or an ``eval.metric`` (what
+    ``fit()`` selects the best epoch by) that some trial would not report.
+
+    Without this, the first trial trains to its end and the study then dies in a Ray traceback.
+    The names come from running the reporting code itself (:mod:`vlm2rec.metric_names`), for
+    every distinct evaluation setting among the trials (``eval.*`` may be searched).
+    """
+    from vlm2rec.metric_names import reported_metrics  # torch: only once the file is valid
+
+    synthetic = _will_be_synthetic(spec.base_config().data)
+    seen: dict[tuple[EvalConfig, bool], frozenset[str]] = {}
+    for cfg in _trial_configs(spec):
+        names = seen.get((cfg.eval, synthetic))
+        if names is None:
+            names = seen[(cfg.eval, synthetic)] = reported_metrics(cfg, synthetic)
+        _check_metric(spec, "study.metric", spec.study.metric, names)
+        _check_metric(spec, "eval.metric", cfg.eval.metric, names)
+        if cfg.eval.every_epochs > 1 and cfg.eval.metric != spec.study.metric:
+            # Epochs that skip validation carry eval.metric forward (study/worker.py), no other.
+            raise SearchSpaceError(
+                f"{spec.source}: study.metric = {spec.study.metric!r} but eval.metric = "
+                f"{cfg.eval.metric!r} with eval.every_epochs = {cfg.eval.every_epochs}: epochs "
+                "without validation would not report the study metric; make them equal"
+            )
+
+
+def _check_metric(spec: SearchSpec, key: str, metric: str, names: frozenset[str]) -> None:
+    if metric in names:
+        return
+    prefix = metric.split("/", 1)[0] + "/"
+    same_split = sorted(n for n in names if n.startswith(prefix)) or sorted(names)
+    close = difflib.get_close_matches(metric, same_split, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"reported: {', '.join(same_split)}"
+    raise SearchSpaceError(
+        f"{spec.source}: {key} = {metric!r} is not reported by the trials of this study "
+        f"(a run with its eval settings reports {len(names)} metrics); {hint}"
+    )
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_storage(study_dir: Path, create: bool = True) -> None:
+    """The study folder must be creatable and writable before any trial runs.
+
+    A real run creates it and writes a probe file in it; a dry run (``create=False``) creates
+    nothing and writes the same probe where the real run's first folder would be created (the
+    nearest existing parent), so both refuse the same storage with the same message.
+    """
+    try:
+        if create:
+            study_dir.mkdir(parents=True, exist_ok=True)
+        where = study_dir if create else _nearest_existing(study_dir)
+        if not where.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(where))
+        probe = where / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:

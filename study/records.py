@@ -197,6 +197,11 @@ class StudyFolder:
         """Marks a finished study: rerunning its command only prints the leaderboard."""
         return self.root / "study_done.json"
 
+    @property
+    def lock(self) -> Path:
+        """Held (``flock``) by the one driver running the study; names it (``study/lock.py``)."""
+        return self.root / "driver.lock"
+
     def record(self, trial_id: str) -> Path:
         """The trial's record file."""
         return self.trials / f"{trial_id}.json"

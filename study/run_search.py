@@ -19,6 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python study/run_search.py`: see study/_script.py
     import _script  # noqa: F401
 
+from study import lock
 from study.leaderboard import LeaderboardError, summary
 from study.plan import (
     DEFAULT_SPACE,
@@ -81,18 +82,32 @@ def _run(options: StudyOptions) -> int:
     for line in plan.warnings:
         print(line, file=sys.stderr, flush=True)
     print(plan.text(), flush=True)
-    if plan.folder.done.exists() and not options.dry_run:
+    if options.dry_run:
+        return _dry_run(plan)
+    if plan.folder.done.exists():
         print(f"study {plan.name} is finished ({plan.folder.done}); its leaderboard:")
         print(summary(plan.folder, plan.spec.study.metric), flush=True)
         return 0
-    if not options.dry_run:
-        check_storage(plan.folder.root)
+    check_storage(plan.folder.root)
+    with lock.hold(plan.folder.root) as previous:  # one driver per study folder
+        if previous is not None:
+            print(f"took over the study lock of {previous.describe()}, which is gone", flush=True)
+        cluster, _ = _offered(options.address)
+        fits = 1 if options.skip_preflight else preflight(plan.spec, cluster)
+        return _run_on_ray(plan, fits)
+
+
+def _dry_run(plan: StudyPlan) -> int:
+    """Everything a real run checks before its first trial, with nothing created or locked."""
+    options = plan.options
+    check_storage(plan.folder.root, create=False)
+    holder = lock.held_by(plan.folder.root)
+    if holder is not None:
+        print(f"warning: this study is running now: {holder.describe()}", file=sys.stderr)
     cluster, here = _offered(options.address)
     fits = 1 if options.skip_preflight else preflight(plan.spec, cluster)
-    if options.dry_run:
-        print(f"preflight ok: {fits} trial(s) fit at once{here}", flush=True)
-        return 0
-    return _run_on_ray(plan, fits)
+    print(f"preflight ok: {fits} trial(s) fit at once{here}", flush=True)
+    return 0
 
 
 def _offered(address: str) -> tuple[dict[str, float], str]:

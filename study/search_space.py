@@ -278,6 +278,12 @@ class SearchSpec:
         """``{path: kind}`` of every searched parameter (leaderboard column types)."""
         return {p.path: param_kind(p) for p in self.params}
 
+    @property
+    def seeds_only(self) -> bool:
+        """The study replicates one config over several seeds and searches nothing else: it
+        runs as a plain Tune grid over ``seed``, without Optuna and without early stopping."""
+        return [p.path for p in self.params] == ["seed"] and len(self.study.seeds) > 1
+
     def grid_size(self) -> int:
         """Number of points of the categorical grid (grid sampler only)."""
         return math.prod(len(p.choices) for p in self.params if isinstance(p, CategoricalParam))
@@ -387,8 +393,16 @@ def _seed_param(
 def _check_spec(source: Path, spec: SearchSpec) -> None:
     base = spec.base_config()
     searched = {p.path for p in spec.params}
+    if not spec.params:
+        # Optuna would fail on its first suggestion, after Ray had started.
+        raise SearchSpaceError(
+            f"{source}: [params] is empty: nothing to search; add a table such as "
+            '[params."loss.alpha"], or several study.seeds to replicate one config '
+            "(for a single run: vlm2rec train --config ...)"
+        )
     if (
-        spec.study.scheduler == "asha"
+        not spec.seeds_only  # a seeds-only study has no early stopping to misconfigure
+        and spec.study.scheduler == "asha"
         and "train.epochs" not in searched
         and spec.study.max_t != base.train.epochs
     ):
@@ -524,12 +538,16 @@ def describe(spec: SearchSpec) -> str:
     )
     budget = f"{s.time_budget_s:g} s" if s.time_budget_s else "none"
     concurrent = s.max_concurrent_trials or "auto"
+    search = (
+        f"  seeds only: one trial per seed {list(s.seeds)}, no sampler, no early stopping; "
+        if spec.seeds_only
+        else f"  sampler {s.sampler} (seed {s.sampler_seed}{_startup(s)}); scheduler {sched}; "
+    )
     lines = [
         f"study {s.name!r} from {spec.source}",
         f"  optimise {s.metric} ({s.mode}); {s.num_samples} trials"
         + (" + reference (alpha = beta = 0)" if s.reference else ""),
-        f"  sampler {s.sampler} (seed {s.sampler_seed}{_startup(s)}); scheduler {sched}; "
-        f"time budget {budget}",
+        f"{search}time budget {budget}",
         f"  per trial {s.workers_per_trial} workers x ({s.cpus_per_worker:g} CPU, "
         f"{s.gpus_per_worker:g} GPU); {concurrent} concurrent",
         f"  base embedder {spec.base.embedder.name}, data {spec.base.data.path}",

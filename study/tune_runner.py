@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from study.callbacks import StudyContext, StudyRecorder, rebuild_leaderboard
 from study.driver import TrialPlan, run_trial
 from study.leaderboard import summary
-from study.plan import DRIVER_CPUS, EXIT_INTERRUPTED, StudyPlan
+from study.plan import DRIVER_CPUS, EXIT_INTERRUPTED, PreflightError, StudyPlan
 from study.records import VERSION_PACKAGES, Kind, StudyFolder
 from study.search_space import SearchSpec, StudySettings, make_sampler, to_tune_param_space
 from vlm2rec.atomic import atomic_write_text
@@ -38,12 +41,18 @@ from vlm2rec.data.prepare import ensure_dataset
 from vlm2rec.data.schema import PreparedDataset
 
 __all__ = [
+    "AUTH_MODE",
+    "DEFAULT_TOKEN",
     "LOCAL_RAY_ENV",
     "STUDY_ENV",
     "connect",
+    "ensure_private_token",
+    "fail_orphaned_optuna_trials",
     "make_scheduler",
     "run_study",
     "start_local_ray",
+    "tune_setup",
+    "use_auth_mode",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +69,14 @@ LOCAL_RAY_ENV = {
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+#: Ray's authentication for every Ray a study starts or joins, unless RAY_AUTH_MODE is set:
+#: token, decided here rather than by the Ray version (2.60 turns it on for a new local Ray,
+#: 2.61 for every cluster). Without it anyone who reaches the Ray ports, which listen on the
+#: machine's address, can run code as this user. cluster.yaml and cluster.local.yaml start their
+#: nodes the same way.
+AUTH_MODE = "token"
+#: Where Ray looks for its token when neither RAY_AUTH_TOKEN nor RAY_AUTH_TOKEN_PATH is set.
+DEFAULT_TOKEN = Path("~/.ray/auth_token")
 
 
 def _git_sha() -> str | None:
@@ -73,6 +90,51 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {p: version(p) for p in VERSION_PACKAGES}
+
+
+def ensure_private_token(env: Mapping[str, str] = os.environ) -> Path | None:
+    """The token file a token-auth Ray started here will read, made if missing, or None when
+    auth is off or the token comes from the environment.
+
+    Ray 2.60 makes a missing token file itself, readable by every user of the machine (0644),
+    and each of them could then use the cluster: this makes it owner-only first (0600, 256 random
+    bits as hex, Ray's own format), and warns about an existing one that others can read.
+    """
+    if env.get("RAY_AUTH_MODE", "").lower() != "token":
+        return None
+    if env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    path = DEFAULT_TOKEN.expanduser()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            print(
+                f"warning: {path} (the Ray token) can be read by other users "
+                f"(mode {path.stat().st_mode & 0o777:o}): chmod 600 {path}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return path
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return path
+
+
+def use_auth_mode() -> str:
+    """Set RAY_AUTH_MODE to :data:`AUTH_MODE` unless it is set, and make this process's Ray agree.
+
+    Ray reads the mode once, when it is imported; a process that imported Ray before the variable
+    was set would start a token-auth GCS it cannot itself talk to ("Failed to start GCS"). Ray's
+    own switch (what ``ray.init`` calls when it turns token auth on by default) re-reads it.
+    """
+    mode = os.environ.setdefault("RAY_AUTH_MODE", AUTH_MODE).lower()
+    if mode == "token":
+        from ray._private.authentication import authentication_token_setup
+
+        authentication_token_setup._enable_token_auth()
+    return mode
 
 
 def connect(address: str) -> dict[str, float]:
@@ -89,10 +151,19 @@ def _start(address: str) -> bool:
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return False
+    mode = use_auth_mode()
     if address == "local":
         start_local_ray()
-    else:
+        return True
+    try:
         ray.init(address=address)
+    except ray.exceptions.AuthenticationError as exc:
+        raise PreflightError(
+            f"--address {address}: Ray's token authentication failed (RAY_AUTH_MODE={mode}): "
+            f"{str(exc).splitlines()[0]}; the cluster's token belongs in {DEFAULT_TOKEN} "
+            "(cluster.yaml copies it to every node), or join a cluster without token auth "
+            "with RAY_AUTH_MODE=disabled"
+        ) from None
     return True
 
 
@@ -111,6 +182,7 @@ def start_local_ray(**init_kwargs: Any) -> None:
     env = {**LOCAL_RAY_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     for key, value in env.items():
         os.environ.setdefault(key, value)
+    ensure_private_token()
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **init_kwargs)
 
 
@@ -126,31 +198,7 @@ def _tuner(
     if tune.Tuner.can_restore(str(path)):
         print(f"resuming {path}", flush=True)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    s = spec.study
-    if kind == "reference":
-        param_space: dict[str, Any] = spec.reference_params()
-        tune_config = tune.TuneConfig(
-            num_samples=1, scheduler=FIFOScheduler(), metric=s.metric, mode=s.mode
-        )
-    else:
-        param_space = to_tune_param_space(spec)
-        searcher = OptunaSearch(
-            metric=s.metric,
-            mode=s.mode,
-            sampler=make_sampler(spec),
-            study_name=ctx.study,
-            storage=_optuna_storage(folder.optuna_db),
-        )
-        scheduler = make_scheduler(s)
-        tune_config = tune.TuneConfig(
-            metric=s.metric,
-            mode=s.mode,
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=s.num_samples,
-            max_concurrent_trials=concurrent,
-            time_budget_s=s.time_budget_s or None,
-        )
+    param_space, tune_config = tune_setup(kind, spec, folder, ctx.study, concurrent)
     run_config = tune.RunConfig(
         name=kind,
         storage_path=str(folder.root),
@@ -160,6 +208,46 @@ def _tuner(
     )
     return tune.Tuner(
         trainable, param_space=param_space, tune_config=tune_config, run_config=run_config
+    )
+
+
+def tune_setup(
+    kind: Kind, spec: SearchSpec, folder: StudyFolder, study: str, concurrent: int
+) -> tuple[dict[str, Any], tune.TuneConfig]:
+    """The param space and Tune config of one of the study's experiments: the reference trial,
+    a seeds-only grid (no Optuna, no early stopping) or the Optuna + scheduler search (its
+    Optuna study named ``study``, in ``optuna.db``)."""
+    s = spec.study
+    if kind == "reference":
+        param_space: dict[str, Any] = spec.reference_params()
+        return param_space, tune.TuneConfig(
+            num_samples=1, scheduler=FIFOScheduler(), metric=s.metric, mode=s.mode
+        )
+    if spec.seeds_only:
+        # Replicas of one config: Tune's own grid, no sampler to inform, every seed to the end.
+        return {"seed": tune.grid_search(list(s.seeds))}, tune.TuneConfig(
+            num_samples=1,
+            scheduler=FIFOScheduler(),
+            metric=s.metric,
+            mode=s.mode,
+            max_concurrent_trials=concurrent,
+            time_budget_s=s.time_budget_s or None,
+        )
+    searcher = OptunaSearch(
+        metric=s.metric,
+        mode=s.mode,
+        sampler=make_sampler(spec),
+        study_name=study,
+        storage=_optuna_storage(folder.optuna_db),
+    )
+    return to_tune_param_space(spec), tune.TuneConfig(
+        metric=s.metric,
+        mode=s.mode,
+        search_alg=searcher,
+        scheduler=make_scheduler(s),
+        num_samples=s.num_samples,
+        max_concurrent_trials=concurrent,
+        time_budget_s=s.time_budget_s or None,
     )
 
 
@@ -179,6 +267,30 @@ def _optuna_storage(db: Path) -> Any:
     import optuna
 
     return optuna.storages.RDBStorage(f"sqlite:///{db}")
+
+
+def fail_orphaned_optuna_trials(db: Path, study: str) -> list[int]:
+    """Mark the trials of ``optuna.db`` still RUNNING as FAIL; return their numbers.
+
+    Called when the search has finished, so nothing runs any more. A driver killed between
+    Optuna creating a trial and Tune saving the searcher's state leaves that trial RUNNING in
+    the database for ever (the restored searcher does not know it); optuna-dashboard, the report's
+    importance and any study that loads the database would count it as in progress.
+    """
+    if not db.exists():  # a seeds-only study has no sampler
+        return []
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = _optuna_storage(db)
+    try:
+        found = optuna.load_study(study_name=study, storage=storage)
+    except KeyError:  # no such study in the file
+        return []
+    running = found.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in running:
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return [t.number for t in running]
 
 
 def _fit_interrupted(tuner: tune.Tuner) -> bool:
@@ -265,6 +377,8 @@ def run_study(plan: StudyPlan, fits: int) -> int:
                 ray.shutdown()
             return EXIT_INTERRUPTED
     rebuild_leaderboard(ctx)
+    for number in fail_orphaned_optuna_trials(folder.optuna_db, plan.name):
+        print(f"optuna: trial {number} was left RUNNING by a killed driver; marked FAIL")
     wall = time.perf_counter() - start
     atomic_write_text(folder.done, json.dumps({"wall_s": wall, "finished": time.time()}) + "\n")
     print(f"\nstudy {plan.name} finished in {wall:.0f} s")

@@ -42,16 +42,18 @@ def ray_local() -> Iterator[None]:
 
     Logical CPUs may exceed physical cores (docs/ARCHITECTURE.md, "Ray traps"): 4 lets a trial
     driver (0.5 CPU) and its two 0.5-CPU Train workers run beside a second trial. The dashboard
-    stays on: Train needs it to free the workers of trials that ASHA stops.
+    stays on: Train needs it to free the workers of trials that ASHA stops. Token authentication
+    is on, as in a local study.
     """
     import os
 
     import ray
 
-    from study.tune_runner import STUDY_ENV, start_local_ray
+    from study.tune_runner import STUDY_ENV, start_local_ray, use_auth_mode
 
     for key, value in STUDY_ENV.items():
         os.environ.setdefault(key, value)
+    use_auth_mode()  # token auth, as a local study runs it
     start_local_ray(num_cpus=4)
     yield
     ray.shutdown()

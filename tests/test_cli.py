@@ -131,6 +131,27 @@ def test_resume_after_losing_last_epoch_gives_same_result(
     assert _no_time(rows) == _no_time(_rows(run_dir / "metrics.jsonl"))
 
 
+def test_resume_with_a_different_config_names_the_keys_and_exits_2(
+    run_dir: Path,
+    data_path: Path,
+    tiny_synthetic_config: SyntheticConfig,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    args = [*_train_args(data_path, tiny_synthetic_config, copy), "--resume"]
+    args += ["--set", "loss.alpha=0.75", "--set", "train.batch_size=8"]
+    assert console(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --resume: ")
+    assert str(copy / "config.json") in err[0]
+    assert "loss.alpha (" in err[0] and "-> 0.75)" in err[0] and "train.batch_size (" in err[0]
+    assert "loss.beta" not in err[0]  # only the keys that differ
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before  # untouched
+
+
 def test_evaluate_reproduces_final_test_metrics(run_dir: Path) -> None:
     assert console(["evaluate", "--run", str(run_dir), "--split", "test"]) == 0
     again = json.loads((run_dir / "eval_test.json").read_text())

@@ -162,3 +162,25 @@ def test_misspelt_node_config_key_fails_own_check() -> None:
     ray_validate(raw)  # Ray's schema lets node_config through: hence the project's own check
     unknown = set(node_config) - NODE_CONFIG_KEYS["aws"]
     assert unknown == {"InstanceTyp"}
+
+
+def _ray_starts(commands: list[str]) -> list[str]:
+    return [part for c in commands for part in c.split(";") if "ray start" in part]
+
+
+def test_local_file_shares_the_start_commands_and_the_token() -> None:
+    """cluster.local.yaml is cluster.yaml over SSH: the same start commands (so the same `driver`
+    resource and auth mode), the token copied from the launching machine to every node."""
+    aws, local = load(REPO / "cluster.yaml"), load(REPO / "cluster.local.yaml")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert local[key] == aws[key], key
+    for raw in (aws, local):
+        starts = _ray_starts(raw["head_start_ray_commands"] + raw["worker_start_ray_commands"])
+        assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in s for s in starts)
+        (head,) = _ray_starts(raw["head_start_ray_commands"])
+        assert "--resources='{\"driver\":64}'" in head
+        assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+        assert "studies/" in raw["rsync_exclude"]  # local study outputs stay local
+    assert local["provider"]["type"] == "local" and "docker" not in local
+    # Ray runs commands in a login shell that sources ~/.bashrc: the venv must be on its PATH.
+    assert any("vlm2rec-venv/bin" in c and ".bashrc" in c for c in local["setup_commands"])

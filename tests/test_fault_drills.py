@@ -12,6 +12,7 @@ through the Ray processes it starts. The storage drills are unit-level (no Ray).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -143,6 +144,14 @@ def _completed(study_dir: Path, kind: str | None = None) -> list[str]:
         and r.get("test_metrics")
         and (kind is None or r.get("kind") == kind)
     ]
+
+
+def _optuna_states(db: Path) -> dict[str, int]:
+    """``{state: count}`` of the trials in a study's optuna.db."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        return dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
 
 
 # ---- the fault-injection hook itself (fast) ---------------------------------------------------
@@ -336,6 +345,9 @@ def test_driver_sigkill_then_ctrl_c_then_rerun_runs_every_trial_once(
     text = log.read_text()
     assert rc == 0, text
     assert (study_dir / "study_done.json").exists()
+    assert "took over the study lock of pid" in text[:marks]  # the SIGKILLed driver's lock
+    # The sampler's record of the killed run's trial is not left RUNNING.
+    assert _optuna_states(study_dir / "optuna.db") == {"COMPLETE": 2}, text
     rows = pq.read_table(study_dir / "leaderboard.parquet").to_pylist()
     assert sorted(r["kind"] for r in rows) == ["reference", "search", "search"]
     assert len({r["trial_id"] for r in rows}) == 3
@@ -351,3 +363,23 @@ def test_driver_sigkill_then_ctrl_c_then_rerun_runs_every_trial_once(
         f"drill driver SIGKILL: {t_kill - t0:.0f} s to the kill; Ctrl-C run {t_int - t_kill:.0f} s;"
         f" final rerun {t_end - t_int:.0f} s"
     )
+
+
+def test_optuna_trials_left_running_by_a_killed_driver_are_failed_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """The end of a study leaves no Optuna trial RUNNING, whichever moment a killed driver hit."""
+    import optuna
+
+    from study.tune_runner import fail_orphaned_optuna_trials
+
+    db = tmp_path / "optuna.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
+    study.tell(study.ask(), 1.0)
+    study.ask()  # created by the searcher, never told: its driver was killed
+    assert _optuna_states(db) == {"COMPLETE": 1, "RUNNING": 1}
+    assert fail_orphaned_optuna_trials(db, "s") == [1]
+    assert _optuna_states(db) == {"COMPLETE": 1, "FAIL": 1}
+    assert fail_orphaned_optuna_trials(db, "s") == []
+    assert fail_orphaned_optuna_trials(tmp_path / "none.db", "s") == []
+    assert fail_orphaned_optuna_trials(db, "other") == []

@@ -17,6 +17,7 @@ RAY_FREE = (
     "search_space",
     "leaderboard",
     "plan",
+    "lock",
     "run_search",
     "report",
     "confirm",

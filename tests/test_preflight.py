@@ -276,3 +276,162 @@ def test_too_many_workers_for_this_machine(
 ) -> None:
     line = _refused([*_write(tmp_path, workers=100_000), "--dry-run"], capsys)  # real resources
     assert "one trial needs CPU=" in line
+
+
+# ---- metrics no trial reports ------------------------------------------------------------------
+def _add_eval(root: Path, body: str) -> None:
+    with (root / "base.toml").open("a") as fh:
+        fh.write(f"[eval]\n{body}\n")
+
+
+def test_study_metric_no_trial_reports_is_refused_with_did_you_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path, space_edit=('name = "pf"', 'name = "pf"\nmetric = "val/ndcg@11"'))
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert "study.metric = 'val/ndcg@11'" in line and "space.toml" in line
+    assert "did you mean val/ndcg@10" in line
+
+
+@pytest.mark.slow
+def test_study_metric_no_trial_reports_stops_a_real_run_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path, space_edit=('name = "pf"', 'name = "pf"\nmetric = "val/recal@10"'))
+    line = _refused(argv, capsys)
+    assert "study.metric = 'val/recal@10'" in line and "val/recall@10" in line
+
+
+def test_eval_metric_no_trial_reports_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path)
+    _add_eval(tmp_path, 'metric = "train/los"')
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert "eval.metric = 'train/los'" in line and "did you mean train/loss" in line
+
+
+def test_sampled_protocol_metrics_exist_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sampled = ('name = "pf"', 'name = "pf"\nmetric = "val/sampled5/hit@10"')
+    argv = _write(tmp_path, space_edit=sampled)
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert "val/sampled5/hit@10" in line
+    _add_eval(tmp_path, "sampled_negatives = 5")
+    assert run_search.main([*argv, "--dry-run"]) == 0
+
+
+def test_oracle_metrics_count_only_on_synthetic_data(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    oracle = ('name = "pf"', 'name = "pf"\nmetric = "val/oracle/ndcg@10"')
+    argv = _write(tmp_path, data=dataset, prepare=False, space_edit=oracle)
+    assert run_search.main([*argv, "--dry-run"]) == 0  # the synthetic benchmark reports it
+    meta = json.loads((dataset / "meta.json").read_text())
+    (dataset / "meta.json").write_text(json.dumps({**meta, "name": "table"}))
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert "val/oracle/ndcg@10" in line and "did you mean" in line
+
+
+def test_study_metric_must_be_eval_metric_when_epochs_skip_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path, space_edit=('name = "pf"', 'name = "pf"\nmetric = "val/recall@10"'))
+    assert run_search.main([*argv, "--dry-run"]) == 0  # every epoch validates: all keys there
+    _add_eval(tmp_path, "every_epochs = 2")
+    line = _refused([*argv, "--dry-run"], capsys)
+    assert "eval.every_epochs = 2" in line and "eval.metric = 'val/ndcg@10'" in line
+
+
+# ---- nothing to search ---------------------------------------------------------------------------
+def _no_params(root: Path, study_lines: str = "") -> list[str]:
+    argv = _write(root)
+    text = (root / "space.toml").read_text()
+    text = text[: text.index("[params.")].replace('name = "pf"', f'name = "pf"\n{study_lines}')
+    (root / "space.toml").write_text(text)
+    return argv
+
+
+def test_space_with_nothing_to_search_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refused([*_no_params(tmp_path), "--dry-run"], capsys)
+    assert "space.toml" in line and "[params] is empty" in line
+    line = _refused([*_no_params(tmp_path, "seeds = [4]"), "--dry-run"], capsys)  # one seed: fixed
+    assert "[params] is empty" in line
+
+
+def test_seeds_only_study_runs_as_a_grid_without_optuna(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seeds = 'seeds = [0, 1]\nsampler = "grid"\nscheduler = "none"'
+    argv = _no_params(tmp_path, seeds)  # num_samples = 2: one trial per seed
+    assert run_search.main([*argv, "--dry-run"]) == 0
+    assert "seeds only: one trial per seed [0, 1], no sampler" in capsys.readouterr().out
+    spec = load_search_spec(tmp_path / "space.toml")
+    assert spec.seeds_only and [p.path for p in spec.params] == ["seed"]
+
+
+def test_seeds_only_tune_setup_has_no_searcher_and_no_scheduler(tmp_path: Path) -> None:
+    """What the seeds-only study hands Tune: a grid over the seeds, no Optuna, FIFO."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from study.records import StudyFolder
+    from study.tune_runner import tune_setup
+
+    _no_params(tmp_path, 'seeds = [0, 1]\nsampler = "grid"\nscheduler = "none"')
+    spec = load_search_spec(tmp_path / "space.toml")
+    folder = StudyFolder(tmp_path / "studies" / "pf")
+    space, config = tune_setup("search", spec, folder, "pf", concurrent=1)
+    assert space == {"seed": {"grid_search": [0, 1]}}
+    assert config.search_alg is None and isinstance(config.scheduler, FIFOScheduler)
+    assert config.num_samples == 1  # the grid makes one trial per seed
+    assert not folder.optuna_db.exists()
+    _write(tmp_path)  # a searched parameter: Optuna again, with its database
+    folder.root.mkdir(parents=True)
+    space, config = tune_setup("search", load_search_spec(tmp_path / "space.toml"), folder, "pf", 1)
+    assert type(config.search_alg).__name__ == "OptunaSearch" and list(space) == ["loss.alpha"]
+    assert folder.optuna_db.exists()
+
+
+# ---- storage: a dry run checks what a real run does ----------------------------------------------
+@pytest.mark.parametrize("where", ["/proc/vlm2rec-x", "{root}/file-not-folder/sub"])
+@pytest.mark.parametrize("dry_run", DRY_AND_REAL)
+def test_unusable_storage_is_refused_by_dry_and_real_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, dry_run: bool
+) -> None:
+    (tmp_path / "file-not-folder").write_text("")
+    storage = where.format(root=tmp_path)
+    argv = [*_write(tmp_path), "--storage", storage]
+    line = _refused([*argv, "--dry-run"] if dry_run else argv, capsys)
+    assert f"study folder {storage}/pf is not writable" in line
+
+
+def test_dry_run_creates_no_study_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _write(tmp_path)
+    assert run_search.main([*argv, "--dry-run"]) == 0
+    assert not (tmp_path / "studies").exists()
+
+
+# ---- the token of a local Ray --------------------------------------------------------------------
+def test_local_token_is_made_owner_only_and_a_readable_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from study.tune_runner import ensure_private_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    token = tmp_path / ".ray" / "auth_token"
+    assert ensure_private_token({"RAY_AUTH_MODE": "disabled"}) is None and not token.exists()
+    assert ensure_private_token({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"}) is None
+    assert ensure_private_token({"RAY_AUTH_MODE": "token"}) == token
+    text = token.read_text()
+    assert len(text) == 64 and int(text, 16) >= 0  # 256 bits as hex, as Ray makes them
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert ensure_private_token({"RAY_AUTH_MODE": "token"}) == token
+    assert token.read_text() == text and capsys.readouterr().err == ""  # kept as it was
+    token.chmod(0o644)
+    ensure_private_token({"RAY_AUTH_MODE": "token"})
+    assert f"warning: {token}" in capsys.readouterr().err and token.read_text() == text

@@ -190,3 +190,15 @@ def test_trial_command_reproduces_a_run_config(finished_study: Path) -> None:
     config_file = ref["command"].split("--config ")[1].split()[0]
     cfg = load_config(config_file)
     assert cfg.loss.alpha == 0.0 and cfg.seed == ref["seed"]
+
+
+def test_the_local_ray_of_a_study_requires_its_token(finished_study: Path) -> None:
+    """Local studies run Ray with token authentication (study/tune_runner.py, LOCAL_RAY_ENV)."""
+    import ray
+    from ray_auth import dashboard_auth
+
+    from study.tune_runner import DEFAULT_TOKEN
+
+    url = ray._private.worker.get_dashboard_url()
+    got = dashboard_auth(url, DEFAULT_TOKEN.expanduser())
+    assert got == {"mode": "token", "without_token": 401, "with_token": 200}

@@ -8,6 +8,7 @@ import datetime
 import os
 import shutil
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from vlm2rec.checkpoint import load_checkpoint
 from vlm2rec.config import RunConfig, SyntheticConfig, apply_overrides, to_dict
 from vlm2rec.data.schema import PreparedDataset
 from vlm2rec.distributed import DistInfo
+from vlm2rec.metric_names import reported_metrics
 from vlm2rec.model_eval import evaluate_model
 from vlm2rec.train import FitResult, NonFiniteLossError, build_run, eval_split, fit, lr_factor
 
@@ -99,6 +101,21 @@ def test_fit_reports_the_metric_names_every_epoch(clip_run: tuple[RunConfig, Fit
     assert all(np.isfinite(v) for h in res.history for v in h.values())
     assert set(res.test) == split_keys("test")
     assert res.test == {k: v for k, v in last.items() if k.startswith("test/")}
+
+
+def _per_epoch_metrics(row: Mapping[str, float]) -> set[str]:
+    return {k for k in row if k.startswith(("val/", "train/"))}
+
+
+def test_reported_metrics_are_the_keys_fit_reports(clip_run: tuple[RunConfig, FitResult]) -> None:
+    """The preflight's list of metric names (study/plan.py) is what a real run reports."""
+    cfg, res = clip_run
+    assert all(_per_epoch_metrics(h) == reported_metrics(cfg, synthetic=True) for h in res.history)
+    assert {f"test/{k[4:]}" for k in reported_metrics(cfg, True) if k[:4] == "val/"} == set(
+        res.test
+    )
+    not_synthetic = reported_metrics(cfg, synthetic=False)
+    assert not_synthetic == {k for k in reported_metrics(cfg, True) if "/oracle/" not in k}
 
 
 def test_fit_learns_and_best_epoch_is_argmax(clip_run: tuple[RunConfig, FitResult]) -> None:
@@ -357,6 +374,61 @@ def test_two_gloo_ranks_fit_agree_and_resume_exactly(
         assert [_comparable(h) for h in r["resumed"]] == [_comparable(h) for h in h0]
 
 
+def _diverging_worker(rank: int, port: int, cfg_dict: dict[str, Any], out: str) -> None:
+    """One rank of a 2-rank run whose rank 1 alone diverges at its second step."""
+    from vlm2rec.config import from_dict
+
+    torch.set_num_threads(1)
+    # If a rank stopped alone, the other would wait in the backward's all-reduce until this
+    # timeout and fail with a gloo error, not with the loss error.
+    tdist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    real, calls = train_mod.vlm2rec_loss, []
+
+    def poisoned(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        parts = real(*args, **kwargs)
+        calls.append(1)
+        if rank == 1 and len(calls) == 2:
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    train_mod.vlm2rec_loss = poisoned
+    try:
+        fit(
+            from_dict(cfg_dict), DistInfo(rank, WORLD, rank, "cpu"), checkpoint_root=f"{out}/{rank}"
+        )
+        outcome = "finished"
+    except Exception as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    finally:
+        tdist.destroy_process_group()
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_local_loss_diverging_on_one_rank_stops_every_rank(
+    data_path: Path, tiny_synthetic_config: SyntheticConfig, tmp_path: Path
+) -> None:
+    """loss.gather = false: each rank's loss is its own; one NaN stops both ranks with the error."""
+    cfg = make_cfg(data_path, tiny_synthetic_config, **{"loss.gather": False, "train.epochs": 1})
+    start = time.perf_counter()
+    mp.spawn(
+        _diverging_worker, args=(_free_port(), to_dict(cfg), str(tmp_path)), nprocs=WORLD, join=True
+    )
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(WORLD)]
+    for rank, text in enumerate(outcomes):
+        assert text.startswith("NonFiniteLossError: non-finite loss at epoch 1, step 2"), text
+        assert f"on rank 1 of 2; this rank ({rank}): cl_loss=" in text
+    assert "loss=nan" in outcomes[1] and "loss=nan" not in outcomes[0]
+    assert time.perf_counter() - start < 60  # stopped at once, not at the collective timeout
+
+
 def test_fit_reports_the_sampled_protocol_when_asked(
     data_path: Path, tiny_synthetic_config: SyntheticConfig, tmp_path: Path
 ) -> None:
@@ -367,3 +439,8 @@ def test_fit_reports_the_sampled_protocol_when_asked(
     for split, keys in (("val", res.best_val), ("test", res.test)):
         sampled = {f"{split}/sampled10/{m}@{k}" for m in ("hit", "ndcg") for k in (10, 20)}
         assert sampled <= set(keys) and split_keys(split) <= set(keys)
+    assert _per_epoch_metrics(res.history[0]) == reported_metrics(cfg, synthetic=True)
+    one_view = apply_overrides(cfg, {"eval.views": ["both"]})
+    model_keys = {k for k in reported_metrics(one_view, True) if "/oracle/" not in k}
+    assert "val/sampled10/hit@10" in model_keys and "val/ndcg@10" in model_keys
+    assert not any("/image" in k or "reliance" in k or "erank" in k for k in model_keys)

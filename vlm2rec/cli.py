@@ -69,6 +69,39 @@ def _init_distributed() -> Any:
     return init_from_env()
 
 
+def _config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``key (before -> after)`` for every dotted config key whose value differs."""
+    from vlm2rec.config import flatten
+
+    old, new = flatten(before), flatten(after)
+    missing = object()
+    return [
+        f"{key} ({old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r})"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def _check_resume_config(out: Path, cfg: Any) -> None:
+    """``--resume`` continues the run in ``out`` only with the config it was started with: a
+    checkpoint trained under one config and continued under another is neither run."""
+    from vlm2rec.config import ConfigError, to_dict
+
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume: cannot read {path}: {exc}") from None
+    changes = _config_changes(before, to_dict(cfg))
+    if changes:
+        raise ConfigError(
+            f"--resume: {path} differs from the given config at {', '.join(changes)}; resume "
+            "with the same --config and --set, or train into a new --out"
+        )
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from vlm2rec.checkpoint import latest_checkpoint, load_checkpoint
     from vlm2rec.config import config_hash, load_config, parse_override, to_dict
@@ -77,6 +110,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, dict(parse_override(o) for o in args.set))
     out = Path(args.out)
+    if args.resume:
+        _check_resume_config(out, cfg)  # before anything rewrites config.json
     dist = _init_distributed()
     resume = latest_checkpoint(out / "checkpoints") if args.resume else None
     if args.resume and resume is None:

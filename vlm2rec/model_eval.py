@@ -8,6 +8,7 @@ lives in ``evaluate``, ``metrics`` and ``diagnostics``; this module only moves t
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,8 +17,10 @@ from vlm2rec.config import EvalConfig
 from vlm2rec.data.splits import EvalExamples
 from vlm2rec.diagnostics import embedding_diagnostics
 from vlm2rec.distributed import DistInfo, all_gather_no_grad
-from vlm2rec.embedder import Embedder
 from vlm2rec.evaluate import TargetRanks, rank_sampled, rank_targets, sampled_metrics, view_metrics
+
+if TYPE_CHECKING:  # annotations only: importing the embedders costs transformers (seconds)
+    from vlm2rec.embedder import Embedder
 
 __all__ = ["autocast", "embed_catalogue", "evaluate_model", "fixed_negatives"]
 

@@ -278,6 +278,37 @@ def _loss_parts(model: nn.Module, batch: SequenceBatch, lc: LossConfig) -> dict[
     )
 
 
+def _non_finite_ranks(loss: torch.Tensor, t: _Training) -> list[int]:
+    """The ranks whose loss of this micro-step is NaN/inf, the same list on every rank.
+
+    A rank that stopped alone would leave the others waiting forever in the backward's
+    all-reduce. With ``loss.gather = false`` each rank's loss is its own, so that happened; with
+    it every rank scores the same global batch and they stop together, but agreeing costs one
+    all-gather of one number per step (beside the four embedding gathers), so they always agree.
+    """
+    finite = torch.isfinite(loss.detach()).reshape(1).float()  # [1] on the loss's device
+    if not t.dist.is_distributed:
+        return [] if bool(finite) else [t.dist.rank]
+    every = all_gather_no_grad(finite)  # [W]
+    return [r for r, ok in enumerate(every.tolist()) if not ok]
+
+
+def _stop_if_non_finite(
+    parts: dict[str, torch.Tensor], t: _Training, epoch: int, step: int
+) -> None:
+    """Raise :class:`NonFiniteLossError` on every rank when any rank's loss diverged; the message
+    names the epoch, the step, the ranks and this rank's loss parts."""
+    bad = _non_finite_ranks(parts["loss"], t)
+    if not bad:
+        return
+    detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
+    at = f"non-finite loss at epoch {epoch}, step {step}"
+    if t.dist.is_distributed:
+        ranks = ", ".join(map(str, bad))
+        at += f" on rank {ranks} of {t.dist.world_size}; this rank ({t.dist.rank})"
+    raise NonFiniteLossError(f"{at}: {detail}")
+
+
 def _train_epoch(t: _Training, epoch: int) -> dict[str, float]:
     """One pass over this rank's batches of ``epoch`` (its shuffle and its RNG stream both derived
     from the epoch); returns the mean of every loss part (``train/*``), averaged over ranks."""
@@ -297,9 +328,7 @@ def _train_epoch(t: _Training, epoch: int) -> dict[str, float]:
         with model.no_sync() if skip_sync else contextlib.nullcontext(), autocast(t.run.device):  # type: ignore[operator]
             parts = _loss_parts(model, batch, cfg.loss)
         loss = parts["loss"]
-        if not torch.isfinite(loss):
-            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {i + 1}: {detail}")
+        _stop_if_non_finite(parts, t, epoch, i + 1)
         (loss / accum).backward()
         if sync:
             if cfg.optim.grad_clip > 0:
