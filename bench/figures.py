@@ -74,10 +74,11 @@ def collapse_figure(files: Mapping[str, str], out: Path) -> Path:
                 float(np.mean([h[key] for h in last])), color="k", lw=0.8, ls=ls, label=label
             )
         seeds = sorted({r["seed"] for r in doc["runs"]})
-        ax.set(title=f"{title} ({len(seeds)} seeds)", xlabel="epoch", ylim=(0, 1))
+        n = len(seeds)
+        ax.set(title=f"{title} ({n} seed{'s' * (n != 1)})", xlabel="epoch", ylim=(0, 1))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("val/ndcg@10")
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    axes[0][0].legend(fontsize=7, loc="upper left")
     fig.suptitle(
         "Modality collapse: fused vs image-only retrieval (bench/collapse.py)", fontsize=10
     )
