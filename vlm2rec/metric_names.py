@@ -98,24 +98,11 @@ def eval_metric_names(
 
 def train_metric_names(cfg: LossConfig) -> frozenset[str]:
     """The ``train/*`` keys of every epoch: each part of the objective, and the learning rate."""
-    from vlm2rec.losses import vlm2rec_loss
+    from vlm2rec.train import objective
 
     gen = torch.Generator().manual_seed(0)
-    u, both, text, image = (torch.randn(_USERS, _DIM, generator=gen) for _ in range(4))
-    parts = vlm2rec_loss(
-        u,
-        both,
-        text,
-        image,
-        torch.arange(1, _USERS + 1),
-        temperature=cfg.temperature,
-        alpha=cfg.alpha,
-        beta=cfg.beta,
-        topology_temperature=cfg.topology_temperature,
-        penalty_variant=cfg.penalty_variant,
-        weak_modality=cfg.weak_modality,
-        topology_variant=cfg.topology_variant,
-    )
+    views = [torch.randn(_USERS, _DIM, generator=gen) for _ in range(4)]
+    parts = objective(cfg, views, torch.arange(1, _USERS + 1))
     return frozenset({f"train/{k}" for k in parts} | {TRAIN_LR})
 
 

@@ -69,6 +69,7 @@ __all__ = [
     "eval_split",
     "fit",
     "lr_factor",
+    "objective",
     "score",
 ]
 
@@ -252,18 +253,14 @@ def _epochs_left(t: _Training) -> range:
     return range(p.epoch + 1, last + 1)
 
 
-def _loss_parts(model: nn.Module, batch: SequenceBatch, lc: LossConfig) -> dict[str, torch.Tensor]:
-    """Encode the batch (sequences + the targets' three views), gather it, and score the global
-    batch with the VLM2Rec objective; returns every named loss part (``losses.vlm2rec_loss``)."""
-    u, v = model(batch.histories, batch.targets)  # [b, D], {view: [b, D]}
-    views = [u, v["both"], v["text"], v["image"]]
-    item_ids = batch.targets
-    if lc.gather:  # global in-batch negatives: 4 x [W*b, D]
-        views = [all_gather_with_grad(t) for t in views]
-        item_ids = all_gather_no_grad(item_ids)
-    seq, both, text, image = views
+def objective(
+    lc: LossConfig, views: list[torch.Tensor], item_ids: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``losses.vlm2rec_loss`` with the run's loss settings; ``views`` = [u, v_both, v_text,
+    v_image], each [B, D], ``item_ids`` [B]. Every named loss part, the total under ``loss``."""
+    u, both, text, image = views
     return vlm2rec_loss(
-        seq,
+        u,
         both,
         text,
         image,
@@ -276,6 +273,18 @@ def _loss_parts(model: nn.Module, batch: SequenceBatch, lc: LossConfig) -> dict[
         weak_modality=lc.weak_modality,
         topology_variant=lc.topology_variant,
     )
+
+
+def _loss_parts(model: nn.Module, batch: SequenceBatch, lc: LossConfig) -> dict[str, torch.Tensor]:
+    """Encode the batch (sequences + the targets' three views), gather it, and score the global
+    batch with the VLM2Rec objective; returns every named loss part (``losses.vlm2rec_loss``)."""
+    u, v = model(batch.histories, batch.targets)  # [b, D], {view: [b, D]}
+    views = [u, v["both"], v["text"], v["image"]]
+    item_ids = batch.targets
+    if lc.gather:  # global in-batch negatives: 4 x [W*b, D]
+        views = [all_gather_with_grad(t) for t in views]
+        item_ids = all_gather_no_grad(item_ids)
+    return objective(lc, views, item_ids)
 
 
 def _non_finite_ranks(loss: torch.Tensor, t: _Training) -> list[int]:
