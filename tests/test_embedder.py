@@ -17,6 +17,7 @@ from PIL import Image
 from vlm2rec.config import ConfigError, EmbedderConfig, LossConfig
 from vlm2rec.data.catalogue import Catalogue
 from vlm2rec.data.loader import SequenceBatch
+from vlm2rec.distributed import DistInfo
 from vlm2rec.embedder import (
     VIEWS,
     DecoderEmbedder,
@@ -24,10 +25,10 @@ from vlm2rec.embedder import (
     Embedder,
     EmbedderLoadError,
     build_embedder,
-    encode_catalogue,
 )
 from vlm2rec.embedder.lora import unwrap
 from vlm2rec.embedder.pooling import l2_normalise
+from vlm2rec.model_eval import embed_catalogue
 from vlm2rec.train import _loss_parts
 
 DECODERS = ["tiny-qwen2vl", "tiny-qwen2.5vl", "tiny-qwen3vl"]
@@ -409,11 +410,9 @@ def test_sequences_shape_norm_padding_and_recent_images(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_encode_catalogue_shape_row_zero_and_mode(name: str) -> None:
-    emb = _build(name)
-    assert emb.training
-    table = encode_catalogue(emb, "image", batch_size=4)
-    assert emb.training  # restored
+def test_embed_catalogue_shape_and_zero_rows(name: str) -> None:
+    emb = _build(name).eval()
+    table = embed_catalogue(emb, "image", 4, DistInfo(), emb.device)
     assert table.shape == (7, emb.dim) and table.dtype == torch.float32
     assert torch.equal(table[0], torch.zeros(emb.dim)) and torch.equal(
         table[NO_IMAGE], torch.zeros(emb.dim)
@@ -482,7 +481,7 @@ def test_bf16_weights_still_give_float32_normalised_outputs(name: str) -> None:
     assert next(half.parameters()).dtype == torch.bfloat16
     with torch.no_grad():
         ref, got = full.encode_items(_ids(1, 2), "both"), half.encode_items(_ids(1, 2), "both")
-        table = encode_catalogue(half, "image", batch_size=3)
+        table = embed_catalogue(half, "image", 3, DistInfo(), half.device)
     assert got.dtype == torch.float32 and table.dtype == torch.float32
     assert torch.allclose(got.norm(dim=1), torch.ones(2), atol=1e-5)
     assert (ref * got).sum(dim=1).min() > 0.95  # same function up to bf16 rounding

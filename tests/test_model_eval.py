@@ -16,7 +16,7 @@ import vlm2rec.model_eval as me
 from vlm2rec.config import EvalConfig, RunConfig, SyntheticConfig, apply_overrides, to_dict
 from vlm2rec.data.schema import PreparedDataset
 from vlm2rec.distributed import DistInfo
-from vlm2rec.embedder import build_embedder, encode_catalogue
+from vlm2rec.embedder import build_embedder
 from vlm2rec.evaluate import evaluate_views
 from vlm2rec.train import RunState, build_run
 
@@ -59,8 +59,12 @@ def _views_reference(run: RunState, split: str, ev: EvalConfig) -> dict[str, flo
     emb, examples = run.embedder, getattr(run.splits, split)
     emb.eval()
     try:
-        items = {v: encode_catalogue(emb, v, ev.item_batch_size) for v in ev.views}  # type: ignore[arg-type]
         with torch.no_grad():
+            ids = torch.arange(1, emb.catalogue.num_items + 1)
+            items = {
+                v: torch.cat([torch.zeros(1, emb.dim), emb.encode_items(ids, v)])  # type: ignore[arg-type]
+                for v in ev.views
+            }
             hist = torch.as_tensor(examples.histories)
             queries = torch.cat([emb.encode_sequences(h) for h in hist.split(ev.user_batch_size)])
     finally:

@@ -3,13 +3,11 @@
 ``build_embedder(cfg, catalogue, seed=...)`` picks the backend from ``embedder.name``: a ``tiny-*``
 offline model, or a hub id / local folder loaded with ``from_pretrained`` and dispatched on its
 ``model_type`` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL -> decoder embedder; CLIP, SigLIP -> dual encoder),
-and checks ``embedder.fusion`` against that backend. ``encode_catalogue`` embeds every item once
-per evaluation.
+and checks ``embedder.fusion`` against that backend.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,7 +31,6 @@ __all__ = [
     "EmbedderLoadError",
     "View",
     "build_embedder",
-    "encode_catalogue",
 ]
 
 
@@ -65,32 +62,3 @@ def build_embedder(
     else:
         embedder = DualEmbedder(backbone, cfg, catalogue, seed=seed, folder=folder)
     return embedder.to(device).train()
-
-
-@torch.no_grad()
-def encode_catalogue(embedder: Embedder, view: View, batch_size: int) -> torch.Tensor:
-    """All item embeddings of one view: float32 ``[num_items + 1, D]`` on the embedder's device,
-    row 0 (padding) zero, rows of items that cannot form the view zero.
-
-    Runs in eval mode (the previous mode is restored afterwards) and under bf16 autocast on CUDA.
-    """
-    if batch_size < 1:
-        raise ValueError(f"encode_catalogue: batch_size must be >= 1, got {batch_size}")
-    was_training = embedder.training
-    device = embedder.device
-    n = embedder.catalogue.num_items
-    out = torch.zeros(n + 1, embedder.dim, device=device)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    embedder.eval()
-    try:
-        with autocast:
-            for start in range(1, n + 1, batch_size):
-                ids = torch.arange(start, min(start + batch_size, n + 1), device=device)
-                out[start : start + len(ids)] = embedder.encode_items(ids, view).float()
-    finally:
-        embedder.train(was_training)
-    return out
