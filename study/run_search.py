@@ -4,10 +4,15 @@
     python study/run_search.py --space search_spaces/qwen2vl_amazon.toml --address auto \\
         --train-storage s3://bucket/vlm2rec
     python study/run_search.py --dry-run             # the resolved plan, no training
+    python study/run_search.py --space search_spaces/paper_amazon.toml --dataset data/toys18 \\
+        --dataset data/sports18                      # one study per dataset, one merged table
 
 The study folder is ``<storage>/<name>``: ``leaderboard.parquet``, ``trials/``, ``configs/``,
 ``tensorboard/``, ``optuna.db`` and Tune's experiment state (``reference/``, ``search/``). Running the
-same command again resumes an unfinished study, or says that it is finished.
+same command again resumes an unfinished study, or says that it is finished. Several ``--space``
+files, or a ``[study].datasets`` list (``--dataset``), run several studies one after another
+(``<name>-<dataset folder>`` for a dataset's), ending with their leaderboards merged into
+``<storage>/<names joined by +>.parquet``.
 """
 
 from __future__ import annotations
