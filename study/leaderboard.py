@@ -53,6 +53,7 @@ __all__ = [
     "META_MODE",
     "LeaderboardError",
     "build_rows",
+    "format_table",
     "load_study_dir",
     "merge",
     "ranked_by",
@@ -66,8 +67,16 @@ __all__ = [
 META_METRIC, META_MODE = b"vlm2rec.metric", b"vlm2rec.mode"
 _ARROW = {"float": pa.float64(), "int": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
 _FRONT, _BACK = record_columns()
-#: Columns that identify a trial (record fields after the two the leaderboard adds).
-_HEAD = [pa.field("rank", pa.int64()), pa.field("study", pa.string()), *_FRONT]
+#: Columns that identify a trial (record fields after the three the leaderboard adds); ``rank``
+#: counts within a dataset (1 = the best trial on that dataset).
+_HEAD = [
+    pa.field("rank", pa.int64()),
+    pa.field("study", pa.string()),
+    pa.field("dataset", pa.string()),
+    *_FRONT,
+]
+#: What a leaderboard file must hold (``dataset`` came later: older files lack it).
+_REQUIRED = [f.name for f in _HEAD if f.name != "dataset"]
 #: Columns after the metrics: how the trial ran (two derived from its record, then record fields).
 _TAIL = [pa.field("epochs", pa.int64()), pa.field("gpu_s", pa.float64()), *_BACK]
 #: Reported (non-metric) keys copied into the record when rebuilding from a Tune experiment: the
@@ -107,6 +116,7 @@ def _row(rec: TrialRecord, study: str, metric: str, mode: str, kinds: Mapping[st
     chosen = rec.history[best] if best is not None else {}
     row: dict[str, Any] = {
         "study": study,
+        "dataset": rec.dataset,
         **rec.columns(),
         "best_epoch": None if best is None else int(chosen.get("epoch", best + 1)),
         "epochs": max((int(h.get("epoch", i + 1)) for i, h in enumerate(rec.history)), default=0),
@@ -121,19 +131,28 @@ def _row(rec: TrialRecord, study: str, metric: str, mode: str, kinds: Mapping[st
 
 
 def _ranked(table: pa.Table, metric: str, mode: str) -> pa.Table:
-    """Fill ``rank`` (1 = best by metric; errors and missing metric get null) and sort by it."""
+    """Fill ``rank`` (1 = best by metric among the trials on the same dataset; errors and a
+    missing metric get null) and sort by dataset, then rank.
+
+    Scores of different datasets are not comparable, so a table merged across datasets ranks
+    each dataset's trials on their own; a table of one dataset is ranked as a whole.
+    """
     n = table.num_rows
     values: list[Any] = (
         table.column(metric).to_pylist() if metric in table.column_names else [None] * n
     )
     status, ids = table.column("status").to_pylist(), table.column("trial_id").to_pylist()
-    ok = [i for i in range(n) if status[i] != "error" and finite(values[i])]
+    groups = table.column("dataset").to_pylist() if "dataset" in table.column_names else [None] * n
     sign = -1.0 if mode == "max" else 1.0
-    ok.sort(key=lambda i: (sign * float(values[i]), ids[i]))  # ties: by trial id, deterministic
     rank: list[int | None] = [None] * n
-    for r, i in enumerate(ok, start=1):
-        rank[i] = r
-    order = ok + [i for i in range(n) if rank[i] is None]
+    order: list[int] = []
+    for group in sorted(set(groups), key=lambda g: (g is None, g or "")):  # unknown dataset last
+        rows = [i for i in range(n) if groups[i] == group]
+        ok = [i for i in rows if status[i] != "error" and finite(values[i])]
+        ok.sort(key=lambda i: (sign * float(values[i]), ids[i]))  # ties: by trial id, deterministic
+        for r, i in enumerate(ok, start=1):
+            rank[i] = r
+        order += ok + [i for i in rows if rank[i] is None]
     idx = table.schema.get_field_index("rank")
     table = table.set_column(idx, pa.field("rank", pa.int64()), pa.array(rank, pa.int64()))
     meta = {
@@ -236,7 +255,7 @@ def read_leaderboard(path: str | Path) -> pa.Table:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise LeaderboardError(f"{path}: not a readable leaderboard: {exc}") from None
-    missing = [f.name for f in _HEAD if f.name not in table.column_names]
+    missing = [name for name in _REQUIRED if name not in table.column_names]
     if missing:
         raise LeaderboardError(f"{path}: missing leaderboard columns {missing}")
     return table
@@ -377,11 +396,19 @@ def load_study_dir(path: str | Path, *, metric: str, mode: str, rebuild: bool = 
     return build_rows(records, study=path.name, metric=metric, mode=mode, param_kinds=kinds)  # type: ignore[arg-type]
 
 
-def _format(table: pa.Table, metric: str, top: int) -> str:
-    cols = ["rank", "study", "trial_id", "kind", "status", metric, "best_epoch", "epochs"]
-    cols += [n for n in table.column_names if n.startswith("param.")]
+def format_table(table: pa.Table, metric: str, top: int) -> str:
+    """A leaderboard as text: its ``top`` rows, or the top ``top`` of each dataset when it holds
+    several (a merged table), with the searched params and the generator's oracles."""
+    cols = ["rank", "study", "dataset", "trial_id", "kind", "status", metric, "best_epoch"]
+    cols += ["epochs", *(n for n in table.column_names if n.startswith("param."))]
     cols = [c for c in cols if c in table.column_names]
-    frame = table.slice(0, top).select(cols).to_pandas()
+    if "dataset" in cols and table.column("dataset").null_count == table.num_rows:
+        cols.remove("dataset")  # tables from before the column, or records that name no data
+    frame = table.select(cols).to_pandas()
+    if "dataset" in frame.columns:  # rows come sorted by dataset: keep each one's first rows
+        frame = frame.groupby("dataset", sort=False, dropna=False).head(top)
+    else:
+        frame = frame.head(top)
     frame.columns = [c.removeprefix("param.") for c in cols]
     shown = frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
     return "\n".join([shown, *oracle_lines(table.to_pandas(), metric)])
@@ -393,7 +420,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         prog=prog, description="Rebuild and merge study leaderboards offline."
     )
     parser.add_argument("paths", nargs="+", help="study folders or leaderboard .parquet files")
-    parser.add_argument("--top", type=int, default=20, help="rows to print")
+    parser.add_argument(
+        "--top", type=int, default=20, help="rows to print (per dataset, when there are several)"
+    )
     parser.add_argument("--metric", default="val/ndcg@10", help="ranking metric")
     parser.add_argument("--mode", choices=["max", "min"], default="max")
     parser.add_argument("--rebuild", action="store_true", help="ignore leaderboard.parquet files")
@@ -410,7 +439,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except LeaderboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(_format(table, args.metric, args.top))
+    print(format_table(table, args.metric, args.top))
     return 0
 
 

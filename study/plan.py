@@ -26,6 +26,7 @@ from study.search_space import (
     SearchSpaceError,
     SearchSpec,
     corner_points,
+    dataset_studies,
     describe,
     load_search_spec,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "check_storage",
     "local_resources",
     "looks_like_path",
+    "merged_leaderboard",
     "preflight",
     "prepare",
     "trial_resources",
@@ -70,9 +72,11 @@ class PreflightError(ConfigError):
 class StudyOptions:
     """What the command line asks for; ``None`` leaves the space file's own value."""
 
-    space: Path = DEFAULT_SPACE  #: the study (search-space) TOML file
+    spaces: tuple[Path, ...] = (DEFAULT_SPACE,)  #: the study (search-space) TOML files, in order
     storage: Path = Path("studies")  #: study folders live here
     name: str | None = None  #: study name (default: [study].name of the space file)
+    #: dataset folders replacing every space's [study].datasets (None: the files' own)
+    datasets: tuple[str, ...] | None = None
     address: str = "local"  #: local | auto | ray://host:10001
     train_storage: str | None = None  #: Train checkpoint storage (default <study>/train)
     num_samples: int | None = None  #: overrides [study].num_samples
@@ -91,6 +95,8 @@ class StudyPlan:
     folder: StudyFolder  #: <storage>/<name>, absolute
     train_storage: str  #: where the Train workers write checkpoints
     warnings: tuple[str, ...] = ()  #: inputs that will fail some trials, not the study
+    #: the name before any dataset suffix ([study].name or --name): what the merged table is named by
+    group: str = ""
 
     def text(self) -> str:
         """The resolved plan, as printed before the study (and by ``--dry-run``)."""
@@ -107,34 +113,86 @@ class StudyPlan:
         )
 
 
-def _load_spec(options: StudyOptions) -> SearchSpec:
-    """The study file with the command line's overrides; the dataset path made absolute, because
-    every node of a cluster resolves it on its own."""
-    spec = load_search_spec(options.space)
+def _load_specs(space: Path, options: StudyOptions) -> list[SearchSpec]:
+    """The study file with the command line's overrides, one spec per dataset
+    (:func:`~study.search_space.dataset_studies`), each one's dataset path made absolute,
+    because every node of a cluster resolves it on its own."""
+    spec = load_search_spec(space)
     study = spec.study
+    if options.name is not None:  # before the dataset suffixes: --name NAME gives NAME-<dataset>
+        study = dataclasses.replace(study, name=options.name)
     if options.num_samples is not None:
         study = dataclasses.replace(study, num_samples=options.num_samples)
     if options.max_concurrent is not None:
         study = dataclasses.replace(study, max_concurrent_trials=options.max_concurrent)
-    data_path = Path(spec.base_config().data.path)
-    fixed = {
-        **spec.fixed,
-        "data.path": str(data_path if data_path.is_absolute() else Path.cwd() / data_path),
-    }
-    return dataclasses.replace(spec, study=study, fixed=fixed)
+    try:
+        specs = dataset_studies(dataclasses.replace(spec, study=study), options.datasets)
+    except ConfigError as exc:
+        raise SearchSpaceError(f"{space}: {exc}") from None
+    return [_absolute_data(s) for s in specs]
 
 
-def prepare(options: StudyOptions) -> StudyPlan:
-    """Read the space file and check the run's inputs: a bad file, a missing base model folder or
-    a missing dataset that will not be built raises (``ConfigError``, ``DatasetError``)."""
-    spec = _load_spec(options)
+def _absolute_data(spec: SearchSpec) -> SearchSpec:
+    path = Path(spec.base_config().data.path)
+    path = path if path.is_absolute() else Path.cwd() / path
+    study = spec.study
+    if study.datasets:  # the study of one entry of a dataset list: the entry is its data.path
+        study = dataclasses.replace(study, datasets=(str(path),))
+    return dataclasses.replace(spec, study=study, fixed={**spec.fixed, "data.path": str(path)})
+
+
+def prepare(options: StudyOptions) -> list[StudyPlan]:
+    """Read the space files and check the run's inputs: a bad file, a missing base model folder,
+    a missing dataset that will not be built, or two studies that would share a folder (or, in a
+    run of several, rank by different metrics) raises (``ConfigError``, ``DatasetError``).
+
+    One plan per space file and dataset, in the order given: the studies a run runs one after
+    another.
+    """
+    plans = []
+    for space in options.spaces:
+        group = options.name or load_search_spec(space).study.name
+        plans += [_plan(spec, options, group) for spec in _load_specs(space, options)]
+    _check_together(plans)
+    return plans
+
+
+def _plan(spec: SearchSpec, options: StudyOptions, group: str) -> StudyPlan:
     warnings = check_model_paths(spec)
     check_dataset(spec, validate=options.dry_run)
     check_metrics(spec)
-    name = options.name or spec.study.name
+    name = spec.study.name
     folder = StudyFolder((options.storage / name).resolve())
     train_storage = options.train_storage or str(folder.root / "train")
-    return StudyPlan(options, spec, name, folder, train_storage, tuple(warnings))
+    return StudyPlan(options, spec, name, folder, train_storage, tuple(warnings), group)
+
+
+def _check_together(plans: list[StudyPlan]) -> None:
+    """The studies of one run need their own folders, and one ranking for the merged table."""
+    seen: dict[Path, StudyPlan] = {}
+    for p in plans:
+        if p.folder.root in seen:
+            raise PreflightError(
+                f"{seen[p.folder.root].spec.source} and {p.spec.source}: two studies of this run "
+                f"would share the study folder {p.folder.root}; give each space another "
+                "[study].name or dataset"
+            )
+        seen[p.folder.root] = p
+    rankings = {(p.spec.study.metric, p.spec.study.mode) for p in plans}
+    if len(rankings) > 1:
+        raise PreflightError(
+            f"the studies of this run rank by different metrics {sorted(rankings)}: the merged "
+            "leaderboard needs one [study].metric and mode; run them separately"
+        )
+
+
+def merged_leaderboard(plans: list[StudyPlan]) -> Path | None:
+    """Where a run of several studies writes their merged leaderboard:
+    ``<storage>/<study names, without dataset suffixes, joined by +>.parquet``; None for one."""
+    if len(plans) < 2:
+        return None
+    names = dict.fromkeys(p.group for p in plans)  # in order, without repeats
+    return plans[0].folder.root.parent / f"{'+'.join(names)}.parquet"
 
 
 def trial_resources(spec: SearchSpec) -> dict[str, float]:
@@ -211,8 +269,9 @@ def check_dataset(spec: SearchSpec, validate: bool) -> None:
     path = Path(data.path)
     empty = not path.exists() or (path.is_dir() and not any(path.iterdir()))
     if empty and not data.prepare_if_missing:
+        key = "dataset" if spec.study.datasets else "data.path ="  # a dataset list entry or not
         raise DatasetError(
-            f"{spec.source}: data.path = {path} does not exist and data.prepare_if_missing = false"
+            f"{spec.source}: {key} {path} does not exist and data.prepare_if_missing = false"
         )
     if validate and not empty:
         read_dataset(path)

@@ -126,6 +126,15 @@ class TrialRecord:
                 f"trial {self.trial_id}: status {self.status!r} not completed|stopped_early|error"
             )
 
+    @property
+    def dataset(self) -> str | None:
+        """The trial's dataset: the folder name of its ``data.path`` (``amazon2018-toys``), from
+        its resolved config, else from its params (a record rebuilt from Tune's state has only
+        those); None when neither says."""
+        config = json.loads(self.config) if isinstance(self.config, str) else self.config
+        path = (config or {}).get("data", {}).get("path", self.params.get("data.path"))
+        return Path(str(path)).name if path else None
+
     def with_report(self, row: Mapping[str, float]) -> TrialRecord:
         """This record with one more per-epoch report (``row`` has an ``epoch``). A restored trial
         re-reports from its checkpoint: an epoch reported again replaces its earlier row."""

@@ -4,15 +4,21 @@
     python study/run_search.py --space search_spaces/qwen2vl_amazon.toml --address auto \\
         --train-storage s3://bucket/vlm2rec
     python study/run_search.py --dry-run             # the resolved plan, no training
+    python study/run_search.py --space search_spaces/paper_amazon.toml --dataset data/toys18 \\
+        --dataset data/sports18                      # one study per dataset, one merged table
 
 The study folder is ``<storage>/<name>``: ``leaderboard.parquet``, ``trials/``, ``configs/``,
 ``tensorboard/``, ``optuna.db`` and Tune's experiment state (``reference/``, ``search/``). Running the
-same command again resumes an unfinished study, or says that it is finished.
+same command again resumes an unfinished study, or says that it is finished. Several ``--space``
+files, or a ``[study].datasets`` list (``--dataset``), run several studies one after another
+(``<name>-<dataset folder>`` for a dataset's), ending with their leaderboards merged into
+``<storage>/<names joined by +>.parquet``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -20,7 +26,14 @@ if __package__ in (None, ""):  # `python study/run_search.py`: see study/_script
     import _script  # noqa: F401
 
 from study import lock
-from study.leaderboard import LeaderboardError, summary
+from study.leaderboard import (
+    LeaderboardError,
+    format_table,
+    merge,
+    read_leaderboard,
+    summary,
+    write_leaderboard,
+)
 from study.plan import (
     DEFAULT_SPACE,
     EXIT_BAD_INPUT,
@@ -30,6 +43,7 @@ from study.plan import (
     StudyPlan,
     check_storage,
     local_resources,
+    merged_leaderboard,
     preflight,
     prepare,
 )
@@ -45,10 +59,21 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> StudyO
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--space", type=Path, default=DEFAULT_SPACE, help="study TOML (default: %(default)s)"
+        "--space",
+        dest="spaces",
+        type=Path,
+        action="append",
+        help=f"study TOML; give it several times to run several studies (default: {DEFAULT_SPACE})",
     )
     p.add_argument("--storage", type=Path, default=Path("studies"), help="study folders live here")
     p.add_argument("--name", help="study name (default: [study].name of the space file)")
+    p.add_argument(
+        "--dataset",
+        dest="datasets",
+        action="append",
+        help="dataset folder, one study each (named <name>-<folder>); replaces [study].datasets; "
+        "give it several times for several",
+    )
     p.add_argument("--address", default="local", help="local | auto | ray://host:10001")
     p.add_argument(
         "--train-storage",
@@ -60,7 +85,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> StudyO
     p.add_argument(
         "--skip-preflight", action="store_true", help="autoscaling clusters: don't check resources"
     )
-    return StudyOptions(**vars(p.parse_args(argv)))
+    args = vars(p.parse_args(argv))
+    args["spaces"] = tuple(args["spaces"] or (DEFAULT_SPACE,))
+    args["datasets"] = None if args["datasets"] is None else tuple(args["datasets"])
+    return StudyOptions(**args)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -78,36 +106,83 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def _run(options: StudyOptions) -> int:
-    plan = prepare(options)
-    for line in plan.warnings:
-        print(line, file=sys.stderr, flush=True)
-    print(plan.text(), flush=True)
+    plans = prepare(options)
+    for plan in plans:
+        for line in plan.warnings:
+            print(line, file=sys.stderr, flush=True)
+        print(plan.text(), flush=True)
     if options.dry_run:
-        return _dry_run(plan)
-    if plan.folder.done.exists():
-        print(f"study {plan.name} is finished ({plan.folder.done}); its leaderboard:")
-        print(summary(plan.folder, plan.spec.study.metric), flush=True)
-        return 0
-    check_storage(plan.folder.root)
-    with lock.hold(plan.folder.root) as previous:  # one driver per study folder
-        if previous is not None:
-            print(f"took over the study lock of {previous.describe()}, which is gone", flush=True)
-        cluster, _ = _offered(options.address)
-        fits = 1 if options.skip_preflight else preflight(plan.spec, cluster)
-        return _run_on_ray(plan, fits)
-
-
-def _dry_run(plan: StudyPlan) -> int:
-    """Everything a real run checks before its first trial, with nothing created or locked."""
-    options = plan.options
-    check_storage(plan.folder.root, create=False)
-    holder = lock.held_by(plan.folder.root)
-    if holder is not None:
-        print(f"warning: this study is running now: {holder.describe()}", file=sys.stderr)
-    cluster, here = _offered(options.address)
-    fits = 1 if options.skip_preflight else preflight(plan.spec, cluster)
-    print(f"preflight ok: {fits} trial(s) fit at once{here}", flush=True)
+        return _dry_run(plans)
+    for plan in plans:
+        if plan.folder.done.exists():
+            print(f"study {plan.name} is finished ({plan.folder.done}); its leaderboard:")
+            print(summary(plan.folder, plan.spec.study.metric), flush=True)
+    pending = [plan for plan in plans if not plan.folder.done.exists()]
+    code = _run_pending(options, pending) if pending else 0
+    if code != 0:
+        return code
+    try:
+        _write_merged(plans)
+    except (LeaderboardError, OSError) as exc:  # the studies are done: only the table is missing
+        print(f"error: {exc}\nfix it and rerun the same command to write it", file=sys.stderr)
+        return EXIT_FAILED
     return 0
+
+
+def _run_pending(options: StudyOptions, plans: list[StudyPlan]) -> int:
+    """Lock every study folder and check every study against the cluster, then run them one
+    after another on one Ray: a bad input is refused before the first study starts."""
+    for plan in plans:
+        check_storage(plan.folder.root)
+    with contextlib.ExitStack() as locks:  # one driver per study folder, all held to the end
+        for plan in plans:
+            previous = locks.enter_context(lock.hold(plan.folder.root))
+            if previous is not None:
+                print(
+                    f"took over the study lock of {previous.describe()}, which is gone", flush=True
+                )
+        cluster, _ = _offered(options.address)
+        fits = [1 if options.skip_preflight else preflight(p.spec, cluster) for p in plans]
+        return _run_on_ray(plans, fits)
+
+
+def _dry_run(plans: list[StudyPlan]) -> int:
+    """Everything a real run checks before its first trial, with nothing created or locked."""
+    options = plans[0].options
+    for plan in plans:
+        check_storage(plan.folder.root, create=False)
+        holder = lock.held_by(plan.folder.root)
+        if holder is not None:
+            print(
+                f"warning: this study is running now: {holder.describe()} (study {plan.name})",
+                file=sys.stderr,
+            )
+    cluster, here = _offered(options.address)
+    for plan in plans:
+        fits = 1 if options.skip_preflight else preflight(plan.spec, cluster)
+        print(f"preflight ok: {fits} trial(s) fit at once{here} (study {plan.name})", flush=True)
+    merged = merged_leaderboard(plans)
+    if merged is not None:
+        print(f"{len(plans)} studies, one after another; merged leaderboard: {merged}", flush=True)
+    return 0
+
+
+def _write_merged(plans: list[StudyPlan]) -> None:
+    """A run of several studies ends with their leaderboards as one table (a ``dataset`` and a
+    ``study`` column tell the rows apart), written beside the study folders and printed."""
+    path = merged_leaderboard(plans)
+    if path is None:
+        return
+    tables = [
+        read_leaderboard(p.folder.leaderboard) for p in plans if p.folder.leaderboard.exists()
+    ]
+    if not tables:
+        return
+    metric = plans[0].spec.study.metric
+    table = merge(tables, metric=metric, mode=plans[0].spec.study.mode)
+    write_leaderboard(table, path)
+    print(f"\nthe {len(plans)} studies' leaderboards in one table ({path}):")
+    print(format_table(table, metric, top=5), flush=True)
 
 
 def _offered(address: str) -> tuple[dict[str, float], str]:
@@ -125,11 +200,11 @@ def _offered(address: str) -> tuple[dict[str, float], str]:
     return connect(address), ""
 
 
-def _run_on_ray(plan: StudyPlan, fits: int) -> int:
+def _run_on_ray(plans: list[StudyPlan], fits: list[int]) -> int:
     from study import tune_runner  # Ray, Tune and Train: only for a run that trains
 
     try:
-        return tune_runner.run_study(plan, fits)
+        return tune_runner.run_studies(plans, fits)
     except (LeaderboardError, OSError) as exc:  # e.g. the disk filled up mid-study
         print(f"error: {exc}\nfix it and rerun the same command to resume", file=sys.stderr)
         return EXIT_FAILED

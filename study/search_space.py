@@ -31,7 +31,7 @@ import importlib.util
 import itertools
 import math
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,7 +55,9 @@ __all__ = [
     "SearchSpaceError",
     "SearchSpec",
     "StudySettings",
+    "check_datasets",
     "corner_points",
+    "dataset_studies",
     "describe",
     "load_search_spec",
     "make_sampler",
@@ -101,8 +103,12 @@ class StudySettings:
     max_failures: int = 2  #: Train worker-group restarts per trial from its last checkpoint
     reference: bool = True  #: also run the alpha = beta = 0 baseline as its own trial
     seeds: tuple[int, ...] = ()  #: >1 seeds: a `seed` grid dimension (grid sampler only)
+    #: dataset folders (relative ones to the working directory, as data.path): one study per
+    #: folder, run one after another, named `<name>-<folder name>`, its data.path set to it
+    datasets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        check_datasets(self.datasets, "study.datasets")
         checks = [
             (bool(self.name) and "/" not in self.name, "name", "must be a non-empty folder name"),
             (self.metric.startswith("val/"), "metric", "must be a val/ key (test/ would leak)"),
@@ -129,6 +135,24 @@ class StudySettings:
         if self.n_startup_trials is not None:
             return self.n_startup_trials
         return max(1, round(self.num_samples / 3))
+
+
+def check_datasets(datasets: Sequence[str], where: str) -> None:
+    """Refuse a dataset list whose folders would not give each study its own folder: an entry
+    without a folder name (``""``, ``"."``) or two entries ending in the same folder name (the
+    same dataset twice, or two that the study names could not tell apart). ``where`` names the
+    list in the message (``study.datasets``, ``--dataset``)."""
+    seen: dict[str, str] = {}
+    for entry in datasets:
+        name = Path(entry).name
+        if name in ("", ".", ".."):
+            raise ConfigError(f"{where}: {entry!r} names no dataset folder")
+        if name in seen:
+            raise ConfigError(
+                f"{where}: {seen[name]!r} and {entry!r} both end in folder {name!r}: each "
+                "dataset's study is named after its folder, so they must differ"
+            )
+        seen[name] = entry
 
 
 def _bad(path: str, key: str, msg: str) -> ConfigError:
@@ -393,6 +417,10 @@ def _seed_param(
 def _check_spec(source: Path, spec: SearchSpec) -> None:
     base = spec.base_config()
     searched = {p.path for p in spec.params}
+    try:
+        _check_data_named_once(spec, "study.datasets", spec.study.datasets)
+    except ConfigError as exc:
+        raise SearchSpaceError(f"{source}: {exc}") from None
     if not spec.params:
         # Optuna would fail on its first suggestion, after Ray had started.
         raise SearchSpaceError(
@@ -427,6 +455,43 @@ def _check_spec(source: Path, spec: SearchSpec) -> None:
         _check_point(source, base, point)
     if spec.study.reference:  # after the corners: reference_params needs valid paths
         _check_point(source, base, spec.reference_params())
+
+
+def _check_data_named_once(spec: SearchSpec, where: str, datasets: Sequence[str]) -> None:
+    """A dataset list sets ``data.path`` for each of its studies: a ``[fixed]`` or searched
+    ``data.path`` beside it would name the data twice, and neither reading is obviously meant."""
+    if not datasets:
+        return
+    if "data.path" in spec.fixed:
+        raise ConfigError(f'{where} and [fixed] "data.path" both name the dataset; keep one')
+    if any(p.path == "data.path" for p in spec.params):
+        raise ConfigError(f'{where} and params."data.path" both name the dataset; keep one')
+
+
+def dataset_studies(spec: SearchSpec, datasets: Sequence[str] | None = None) -> list[SearchSpec]:
+    """One study per dataset folder of ``datasets`` (``None``: the file's ``[study].datasets``),
+    each named ``<name>-<folder name>`` with ``data.path`` fixed to its folder and that folder as
+    its only ``datasets`` entry; ``[spec]`` itself when there are none.
+
+    A list given here (``--dataset``) replaces the file's and is checked as the file's is.
+    """
+    if datasets is None:
+        datasets = spec.study.datasets
+    else:
+        check_datasets(datasets, "--dataset")
+        _check_data_named_once(spec, "--dataset", datasets)
+    if not datasets:
+        return [spec]
+    return [
+        dataclasses.replace(
+            spec,
+            study=dataclasses.replace(
+                spec.study, name=f"{spec.study.name}-{Path(d).name}", datasets=(d,)
+            ),
+            fixed={**spec.fixed, "data.path": d},
+        )
+        for d in datasets
+    ]
 
 
 def _check_point(source: Path, base: RunConfig, point: Mapping[str, Any]) -> None:
@@ -538,6 +603,11 @@ def describe(spec: SearchSpec) -> str:
     )
     budget = f"{s.time_budget_s:g} s" if s.time_budget_s else "none"
     concurrent = s.max_concurrent_trials or "auto"
+    data = (
+        f"{', '.join(s.datasets)} (one study each)"
+        if len(s.datasets) > 1
+        else (s.datasets or (spec.base_config().data.path,))[0]
+    )
     search = (
         f"  seeds only: one trial per seed {list(s.seeds)}, no sampler, no early stopping; "
         if spec.seeds_only
@@ -550,7 +620,7 @@ def describe(spec: SearchSpec) -> str:
         f"{search}time budget {budget}",
         f"  per trial {s.workers_per_trial} workers x ({s.cpus_per_worker:g} CPU, "
         f"{s.gpus_per_worker:g} GPU); {concurrent} concurrent",
-        f"  base embedder {spec.base.embedder.name}, data {spec.base.data.path}",
+        f"  embedder {spec.base_config().embedder.name}, data {data}",
         "  fixed: " + (", ".join(f"{k}={v!r}" for k, v in spec.fixed.items()) or "nothing"),
         "  searched:",
         *(f"    {_describe_param(p)}" for p in spec.params),

@@ -49,6 +49,7 @@ __all__ = [
     "ensure_private_token",
     "fail_orphaned_optuna_trials",
     "make_scheduler",
+    "run_studies",
     "run_study",
     "start_local_ray",
     "tune_setup",
@@ -351,15 +352,37 @@ def _trainable(plan: StudyPlan, cluster: dict[str, float]) -> Any:
     return tune.with_resources(tune.with_parameters(run_trial, plan=trial_plan), driver)
 
 
-def run_study(plan: StudyPlan, fits: int) -> int:
-    """Run (or resume) the study of ``plan``, of which ``fits`` trials fit the cluster at once;
-    returns the process exit code."""
+def run_studies(plans: list[StudyPlan], fits: list[int]) -> int:
+    """Run (or resume) the studies of ``plans`` one after another on one Ray, ``fits[i]`` trials
+    of study ``i`` at once; returns the process exit code (the first study that does not end
+    with 0 stops the run: rerunning the command resumes it, finished studies are skipped).
+
+    Every dataset is built or read before Ray starts. A local Ray started here is stopped at the
+    end, before exit, not under the workers' feet; a Ray that was already up stays.
+    """
+    datasets = [ensure_dataset(p.spec.base_config().data) for p in plans]
+    address = plans[0].options.address
+    was_up = ray.is_initialized()
+    try:
+        for plan, n, dataset in zip(plans, fits, datasets, strict=True):
+            code = run_study(plan, n, dataset)
+            if code != 0:
+                return code
+        return 0
+    finally:
+        if address == "local" and not was_up and ray.is_initialized():
+            ray.shutdown()
+
+
+def run_study(plan: StudyPlan, fits: int, dataset: PreparedDataset) -> int:
+    """Run (or resume) the study of ``plan`` on ``dataset`` (its prepared data), of which
+    ``fits`` trials fit the cluster at once; starts or joins Ray if this process has none, and
+    leaves it running (:func:`run_studies` stops it); returns the process exit code."""
     spec, folder = plan.spec, plan.folder
-    dataset = ensure_dataset(spec.base_config().data)  # build the synthetic benchmark once, here
     # With Tune's file loggers off (our records replace them) its result grid warns once per trial
     # that result.json is missing: true and expected.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    started = _start(plan.options.address) and plan.options.address == "local"
+    _start(plan.options.address)
     cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
     print(
         "cluster:", {k: v for k, v in cluster.items() if k in ("CPU", "GPU", "driver")}, flush=True
@@ -373,8 +396,6 @@ def run_study(plan: StudyPlan, fits: int) -> int:
         if _fit_interrupted(_tuner(kind, spec, folder, trainable, ctx, concurrent)):
             rebuild_leaderboard(ctx)  # what finished so far; the study is not marked done
             print(f"\ninterrupted: rerun the same command to resume study {plan.name}", flush=True)
-            if started:
-                ray.shutdown()
             return EXIT_INTERRUPTED
     rebuild_leaderboard(ctx)
     for number in fail_orphaned_optuna_trials(folder.optuna_db, plan.name):
@@ -386,6 +407,4 @@ def run_study(plan: StudyPlan, fits: int) -> int:
     from study.report import try_write_report  # matplotlib only when a study ends
 
     try_write_report(folder.root)  # a plotting failure is a printed warning, never a failed study
-    if started:
-        ray.shutdown()  # stop our local instance before exit, not under the workers' feet
     return 0

@@ -120,7 +120,7 @@ def test_explicit_schema_types() -> None:
     for name in ("rank", "best_epoch", "epochs", "seed"):
         assert schema.field(name).type == pa.int64(), name
     names = schema.names
-    assert names[:6] == ["rank", "study", "trial_id", "kind", "status", "error"]
+    assert names[:7] == ["rank", "study", "dataset", "trial_id", "kind", "status", "error"]
     assert names.index("val/ndcg@10") < names.index("train/loss") < names.index("test/ndcg@10")
     assert names[-4:] == [f"{p}_version" for p in ("torch", "transformers", "ray", "optuna")]
     assert schema.metadata[b"vlm2rec.metric"] == b"val/ndcg@10"

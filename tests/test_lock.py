@@ -135,7 +135,7 @@ def test_a_real_run_says_whose_lock_it_took_over(
     study_dir = tmp_path / "studies" / "locked"
     seen = []
 
-    def run_on_ray(plan: object, fits: int) -> int:  # stands in for the study itself
+    def run_on_ray(plans: object, fits: object) -> int:  # stands in for the studies themselves
         seen.append(lock.held_by(study_dir))
         return 0
 
