@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -285,14 +286,22 @@ def oracle_lines(frame: pd.DataFrame, metric: str) -> list[str]:
 
 
 _ORACLE_VIEWS = (("full", ""), ("text only", "/text"), ("image only", "/image"))
+_SAMPLED = re.compile(r"val/sampled\d+/(hit|ndcg)@10")
+
+
+def _sampled_columns(names: Sequence[str]) -> list[str]:
+    """The paper's protocol at 10 (``val/sampled{N}/hit@10``, ``.../ndcg@10``) where a study
+    reports it: shown beside full ranking, never instead."""
+    return [n for n in names if _SAMPLED.fullmatch(n)]
 
 
 def summary(folder: StudyFolder, metric: str, top: int = 10) -> str:
     """The top of a study's leaderboard, the oracles beside it, and where its files are: what a
     study prints at its end."""
     frame = read_leaderboard(folder.leaderboard).to_pandas()
-    cols = ["rank", "kind", "status", metric, f"{metric}/text", f"{metric}/image", "best_epoch"]
-    cols += ["epochs", "wall_s", *(c for c in frame.columns if c.startswith("param."))]
+    cols = ["rank", "kind", "status", metric, f"{metric}/text", f"{metric}/image"]
+    cols += [*_sampled_columns(frame.columns), "best_epoch", "epochs", "wall_s"]
+    cols += [c for c in frame.columns if c.startswith("param.")]
     cols.append(f"test/{metric.split('/', 1)[1]}")
     table = frame[[c for c in cols if c in frame.columns]].head(top).to_string(index=False)
     oracles = "".join(f"{line}\n" for line in oracle_lines(frame, metric))
@@ -399,8 +408,9 @@ def load_study_dir(path: str | Path, *, metric: str, mode: str, rebuild: bool = 
 def format_table(table: pa.Table, metric: str, top: int) -> str:
     """A leaderboard as text: its ``top`` rows, or the top ``top`` of each dataset when it holds
     several (a merged table), with the searched params and the generator's oracles."""
-    cols = ["rank", "study", "dataset", "trial_id", "kind", "status", metric, "best_epoch"]
-    cols += ["epochs", *(n for n in table.column_names if n.startswith("param."))]
+    cols = ["rank", "study", "dataset", "trial_id", "kind", "status", metric]
+    cols += [*_sampled_columns(table.column_names), "best_epoch", "epochs"]
+    cols += [n for n in table.column_names if n.startswith("param.")]
     cols = [c for c in cols if c in table.column_names]
     if "dataset" in cols and table.column("dataset").null_count == table.num_rows:
         cols.remove("dataset")  # tables from before the column, or records that name no data

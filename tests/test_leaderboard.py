@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from study.leaderboard import (
     LeaderboardError,
     build_rows,
+    format_table,
     merge,
     oracle_lines,
     read_leaderboard,
@@ -324,3 +325,26 @@ def test_oracle_lines_show_the_generator_beside_the_trials() -> None:
     ]
     assert oracle_lines(frame, "val/mrr") == []  # no oracle of that metric: nothing to show
     assert oracle_lines(frame.drop(columns="study"), "val/ndcg@10")[0].startswith("oracles (val/")
+
+
+def test_printouts_show_the_sampled_protocol_beside_full_ranking() -> None:
+    table = pa.table(
+        {
+            "rank": [1, 2],
+            "kind": ["search", "reference"],
+            "status": ["completed", "completed"],
+            "val/ndcg@10": [0.32, 0.21],
+            "val/sampled100/hit@10": [0.81, 0.82],
+            "val/sampled100/ndcg@10": [0.50, 0.42],
+            "val/sampled100/hit@20": [0.9, 0.9],  # @20 stays in the Parquet only
+            "best_epoch": [6, 6],
+        }
+    )
+    header = format_table(table, "val/ndcg@10", top=5).splitlines()[0].split()
+    assert header[header.index("val/ndcg@10") + 1 :][:2] == [
+        "val/sampled100/hit@10",
+        "val/sampled100/ndcg@10",
+    ]
+    assert "val/sampled100/hit@20" not in header
+    plain = format_table(table.drop_columns(["val/sampled100/hit@10"]), "val/ndcg@10", top=5)
+    assert "hit@10" not in plain  # nothing invented where a study did not report it
