@@ -244,7 +244,7 @@ def test_default_tiling_matches_a_dense_reference(
 
 def test_small_cpu_tiles_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU tile caps the default blocks; 4 x 3 tiles (dozens of them, partial at both edges)
-    rank exactly as the dense reference."""
+    in passes of 4 users rank exactly as the dense reference."""
     import vlm2rec.evaluate as evaluate
 
     rng = np.random.default_rng(8)
@@ -253,6 +253,7 @@ def test_small_cpu_tiles_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None
     targets = rng.integers(1, 301, 9)
     seen = [rng.integers(1, 301, 7).tolist() for _ in targets]
     monkeypatch.setattr(evaluate, "CPU_TILE", (4, 3))
+    monkeypatch.setattr(evaluate, "PASS_USERS", 5)  # 9 users: passes of 4, 4 and 1
     assert evaluate.score_tile(torch.device("cpu"), 256, 8192) == (4, 3)
     assert evaluate.score_tile(torch.device("cpu"), 2, 1) == (2, 1)
     assert _pairs(rank_targets(q, items, targets, *_csr(seen))) == _dense_reference(

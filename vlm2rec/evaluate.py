@@ -177,13 +177,19 @@ a core's L2 cache (about 1.6 MB in float32 for D = 64) while they are compared a
 tiles made every comparison read from memory (measured with ``bench/eval.py``)."""
 
 
+PASS_USERS = 2048
+"""Users whose excluded pairs are indexed together (``O(PASS_USERS x history)`` memory, whatever the
+number of users); the catalogue is read once per pass, so copying each chunk costs little."""
+
 _EXACT_COUNT = 2**24 - 1  #: float32 holds every integer count up to here exactly
 
 
 def score_tile(device: torch.device, user_batch_size: int, item_chunk: int) -> tuple[int, int]:
     """``(users, items)`` scored per GEMM call: the given block, capped at :data:`CPU_TILE` on CPU.
 
-    Results do not depend on it (the tests rank with many tilings); only speed and memory do.
+    The counts are exact for any tile (the tests rank with many). Like the block sizes before, the
+    tile is a call shape, so it could move the GEMM's last bit and flip a near-tie; on MKL the
+    ranks of a 100k-item float problem came out identical for every tile tried.
     """
     users, items = user_batch_size, min(item_chunk, _EXACT_COUNT)
     if device.type == "cpu":
@@ -278,19 +284,18 @@ def _count_tile(
     acc.addmv_(both, ones)
 
 
-def _count_all(
+def _rank_pass(
     queries: Tensor,
     cand: Tensor,
     targets0: Tensor,
     rows: Tensor,
     seen0: Tensor,
     tile: tuple[int, int],
-) -> tuple[Tensor, Tensor]:
-    """``(above [U], level [U])`` int64 over every tile; the chunk is copied once for all blocks."""
+) -> TargetRanks:
+    """Ranks of one pass of users over the whole catalogue, tile by tile; each chunk is copied
+    once for all the pass's user blocks. ``rows``: the pass-local user of each ``seen0`` entry."""
     users, items = tile
     n_users, n_items = len(targets0), cand.shape[0]
-    if n_users == 0:
-        return targets0.new_zeros(0), targets0.new_zeros(0)
     excluded, sizes = _tile_positions(rows, seen0, targets0, n_items, users, items)
     blocks = [(b0, min(users, n_users - b0)) for b0 in range(0, n_users, users)]
     q = [queries[b0 : b0 + n].float() for b0, n in blocks]  # no copy for float32
@@ -313,7 +318,7 @@ def _count_all(
         acc.zero_()
     above = torch.cat([total[b, :n] for b, (_, n) in enumerate(blocks)])
     level = torch.cat([total[b, n : 2 * n] for b, (_, n) in enumerate(blocks)])
-    return above, level
+    return _ranks(above, level, rows, seen0, targets0)
 
 
 def _tally(scores: Tensor, s_target: Tensor) -> tuple[Tensor, Tensor]:
@@ -358,6 +363,10 @@ def rank_targets(
     ``first`` :math:`= 1 + a_u` (0 when the mask excludes the target), ``ties`` :math:`= g_u`;
     constant scores give ``first = 1``, ``ties = |C_u| - 1``.
 
+    Users go in passes of :data:`PASS_USERS` over the catalogue, each scored tile by tile
+    (:func:`score_tile`); memory: the tile buffers (:class:`_Tiles`) plus ``O(PASS_USERS x
+    history)`` indices, whatever ``N`` and ``U``.
+
     Shapes: ``queries [U, D]``, ``items [N + 1, D]`` (row 0 padding), ``targets [U]``,
     ``seen_indptr [U + 1]``, ``seen_items [nnz]``; returns two ``[U]`` int64 tensors on
     ``queries.device``. Index arrays may be tensors (any device), numpy arrays or lists.
@@ -370,12 +379,16 @@ def rank_targets(
     seen = _as_index(seen_items, "seen_items", dev)
     _validate(queries, items, tgt, indptr, seen)
     cand = items[1:]  # [N, D]: candidate index j is item id j + 1
-    rows = torch.repeat_interleave(
-        torch.arange(len(tgt), device=dev), indptr.diff(), output_size=len(seen)
-    )  # [nnz]: the user of each excluded entry
     tile = score_tile(dev, user_batch_size, item_chunk)
-    above, level = _count_all(queries, cand, tgt - 1, rows, seen - 1, tile)
-    return _ranks(above, level, rows, seen - 1, tgt - 1)
+    step = tile[0] * max(1, PASS_USERS // tile[0])  # whole tiles of users per pass
+    parts = []
+    for p0 in range(0, len(tgt), step):
+        p1 = min(p0 + step, len(tgt))
+        rows, lo, hi = _block_rows(indptr, p0, p1)
+        parts.append(_rank_pass(queries[p0:p1], cand, tgt[p0:p1] - 1, rows, seen[lo:hi] - 1, tile))
+    if not parts:
+        return TargetRanks(tgt.new_zeros(0), tgt.new_zeros(0))
+    return TargetRanks(*(torch.cat(ranks) for ranks in zip(*parts, strict=True)))
 
 
 def rank_scores(
