@@ -172,9 +172,10 @@ def _validate_index(
 
 
 CPU_TILE: tuple[int, int] = (64, 2048)
-"""Most users x items per GEMM call on CPU: the score tile, its flags and the item rows then stay in
-a core's L2 cache (about 1.6 MB in float32 for D = 64) while they are compared and counted; larger
-tiles made every comparison read from memory (measured with ``bench/eval.py``)."""
+"""Most users x items per GEMM call on CPU. The score tile, the equality flags below it and the
+item rows (about 1.6 MB in float32 for D = 64) then fit a core's L2 cache while they are compared
+and counted; with the default 256 x 8192 blocks each comparison read 8 MB from memory.
+``bench/eval.py --cpu-tile`` measures other tiles."""
 
 
 PASS_USERS = 2048
