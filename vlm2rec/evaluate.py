@@ -205,7 +205,7 @@ class _Tiles:
       both and a duplicate of a target ties with it bit for bit;
     - ``flags``: the score tile ``[n, w + n]`` (row stride ``w + n``) followed by ``n`` more rows
       of the same stride, where the equality flags go; then ``flags`` as ``[2n, w]`` holds one
-      ``(above, equal)`` flag pair per (user, candidate) and one matrix-vector product counts both.
+      ``(above, equal)`` flag pair per (user, candidate) and one row sum counts both.
 
     Views are cached per tile shape ``(w, n)``: at most four (full or last chunk, full or last
     block).
@@ -214,13 +214,12 @@ class _Tiles:
     def __init__(self, users: int, items: int, dim: int, device: torch.device) -> None:
         self.rows = torch.empty(items + users, dim, device=device)  # [c + b, D]
         self.flags = torch.empty(2 * users * (items + users), device=device)
-        self.ones = torch.ones(items, device=device)  # [c]
         self._views: dict[tuple[int, int], tuple[Tensor, ...]] = {}
 
     def views(self, w: int, n: int) -> tuple[Tensor, ...]:
         """``(rows_t [D, w + n], targets [n, D], scores [n, w + n], flat [n (w + n)],
-        s_target [n, 1], above [n, w], equal [n, w], both [2n, w], ones [w])`` for a tile of
-        ``n`` users x ``w`` items."""
+        s_target [n, 1], above [n, w], equal [n, w], both [2n, w])`` for a tile of ``n`` users
+        x ``w`` items."""
         got = self._views.get((w, n))
         if got is None:
             ld = w + n  # row stride of the score tile
@@ -234,7 +233,6 @@ class _Tiles:
                 both[:n],
                 both[n:],
                 both,
-                self.ones[:w],
             )
             self._views[w, n] = got
         return got
@@ -268,21 +266,21 @@ def _tile_positions(
 def _count_tile(
     views: tuple[Tensor, ...], q: Tensor, target_rows: Tensor, excluded: Tensor, acc: Tensor
 ) -> None:
-    r"""Add one tile's counts to ``acc [2n]`` (above, then equal), in place.
+    r"""Write one tile's counts into ``acc [2n]`` (above, then equal).
 
     One GEMM :math:`S = q\,[V_c; V_t]^\top` ``[n, w + n]``; the target scores are its diagonal in
     the appended columns; excluded pairs are set to :math:`-\infty`; then ``equal = (S == s_t)``
-    into the rows below, ``above = (S > s_t)`` in place, and one ``addmv`` sums both into ``acc``
+    into the rows below, ``above = (S > s_t)`` in place, and one row sum counts both into ``acc``
     (float32 sums of 0/1 flags are exact up to :data:`_EXACT_COUNT`, more than a tile holds).
     """
-    rows_t, targets, scores, flat, s_target, above, equal, both, ones = views
+    rows_t, targets, scores, flat, s_target, above, equal, both = views
     targets.copy_(target_rows)
     torch.mm(q, rows_t, out=scores)
     if len(excluded):
         flat.index_fill_(0, excluded, float("-inf"))
     torch.eq(above, s_target, out=equal)
     torch.gt(above, s_target, out=above)  # scores -> flags; s_target lies outside, untouched
-    acc.addmv_(both, ones)
+    torch.sum(both, dim=1, out=acc)
 
 
 def _rank_pass(
@@ -315,8 +313,7 @@ def _rank_pass(
         done += sum(per_block)
         for b, ((_, n), part) in enumerate(zip(blocks, parts, strict=True)):
             _count_tile(tiles.views(w, n), q[b], t_rows_b[b], part, acc_b[b])
-        total += acc.long()  # float32 holds one chunk's counts (<= _EXACT_COUNT) exactly
-        acc.zero_()
+        total += acc.long()  # each tile overwrote its slice: one chunk's counts, exact in float32
     above = torch.cat([total[b, :n] for b, (_, n) in enumerate(blocks)])
     level = torch.cat([total[b, n : 2 * n] for b, (_, n) in enumerate(blocks)])
     return _ranks(above, level, rows, seen0, targets0)
