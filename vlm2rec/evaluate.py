@@ -249,16 +249,18 @@ def _tile_positions(
     sync in all.
     """
     n_users = len(targets0)
-    dev = targets0.device
-    own = torch.arange(n_users, device=dev)
+    own = torch.arange(n_users, device=targets0.device)
     user, cand = torch.cat([rows, own]), torch.cat([seen0, targets0])  # [nnz + U]
-    chunk, block = cand // items, user // users
     n_blocks = -(-n_users // users)
-    key, order = torch.sort(chunk * n_blocks + block)
-    chunk, block, user, cand = chunk[order], block[order], user[order], cand[order]
-    width = (n_items - chunk * items).clamp_(max=items)  # w of the tile
-    height = (n_users - block * users).clamp_(max=users)  # n of the tile
-    positions = (user - block * users) * (width + height) + (cand - chunk * items)
+    key, order = torch.sort((cand // items).mul_(n_blocks).add_(user // users))  # tile, chunk-major
+    user, cand = user[order], cand[order]
+    del order  # in place from here on: these arrays are the pass's largest allocation
+    chunk, block = key // n_blocks, key % n_blocks
+    width = chunk.mul(-items).add_(n_items).clamp_(max=items)  # w of the tile
+    height = block.mul(-users).add_(n_users).clamp_(max=users)  # n of the tile
+    positions = (
+        user.sub_(block.mul_(users)).mul_(width.add_(height)).add_(cand.sub_(chunk.mul_(items)))
+    )
     n_tiles = -(-n_items // items) * n_blocks
     return positions, torch.bincount(key, minlength=n_tiles).tolist()
 
