@@ -1,37 +1,38 @@
-r"""Full-ranking evaluation cost (``evaluate.rank_targets``) vs the floor on the same hardware.
+r"""Full-ranking evaluation cost (``evaluate.rank_targets``) vs the bare score GEMM, side by side.
 
 For each catalogue size ``N`` (``U`` users, dimension ``D``, ``H`` masked history items per user):
 
 * **ours**: ``vlm2rec.evaluate.rank_targets`` with the default ``eval.user_batch_size`` and
-  ``eval.item_chunk``: validation, one GEMM per ``[user block x (item chunk; target rows)]``, history
-  and target masking, and the two counts :math:`|\{j : s_{uj} > s_{ut_u}\}|` and
+  ``eval.item_chunk``: input validation, one GEMM per tile ``[b users] x [(c items; b target
+  rows)]`` (``evaluate.score_tile``: on CPU at most ``evaluate.CPU_TILE``), history and target
+  masking, and the two counts :math:`|\{j : s_{uj} > s_{ut_u}\}|` and
   :math:`|\{j \ne t_u : s_{uj} = s_{ut_u}\}|` (exact ranks with ties, from which every metric
   follows under either tie rule);
-* **floor**: what any full-ranking evaluator must at least do: the same blocks, one matrix product
-  :math:`Q_b V_c^\top` per block and a running top-``k`` (``torch.topk`` per chunk, merged), **no**
-  masking, no targets, no validation (:func:`floor_topk`);
-* **gemm**: the blocked matrix products alone (:func:`gemm_only`), a lower bound of any exact
-  full ranking, shown to split the floor into product and top-``k``.
+* **gemm**: the floor, :math:`Q_b V_c^\top` alone over the same ``b x c`` tiles in the same order
+  (item chunk outer), into one reused buffer, nothing read from it (:func:`gemm_only`): no exact
+  full ranking can cost less;
+* **gemm_blocks**: the same products over the configured ``user_batch_size x item_chunk`` blocks
+  (user block outer), to show that the floor is not slowed down by the smaller tiles.
 
 Each (size, method, repetition) runs in a **fresh subprocess** so that its peak memory can be
 measured: the peak extra resident memory is ``ru_maxrss`` after the call minus the resident set
-just before it (data already built; tracemalloc does not see torch's allocations). The theoretical
-score-block memory (float32 ``B x (C + B)`` for ours, ``B x C`` for the floor) and the unblocked
-``U x N`` score matrix are reported next to it, and so is a **probe**: the same measurement of
-``rank_targets``' input validation alone (column ``of it checks``), since ``torch.isfinite`` over
-the item matrix makes temporaries of about 1.75x its size, far more than one score block.
-Repetitions alternate the order (ours, floor, gemm), (gemm, floor, ours), ... and the table shows
-medians; ``wall ratio`` is ours / floor in wall time.
+just before it (**RSS delta**; data already built; tracemalloc does not see torch's allocations).
+The theoretical tile memory (float32: ours ``2b(c + b)`` flags and scores plus ``(c + b) D`` item
+rows, the GEMM ``b c``) is reported next to it, and so is a **probe**: the same measurement of
+``rank_targets``' input validation alone (column ``of it checks``). Repetitions alternate the order
+(ours, gemm, gemm_blocks), (gemm_blocks, gemm, ours), ... and the table shows medians; ``paired``
+is the median over repetitions of ours / gemm within the same repetition.
 Workers use ``--threads`` threads (default 1): on a shared machine a multi-threaded region waits
 for its slowest, descheduled thread, so one thread and **CPU time** (``time.process_time``) give the
 stable ratio; wall times are recorded too.
 
-Headline: median CPU time of ours / floor at the largest catalogue.
+Headline: median CPU time of ours / gemm at the largest catalogue.
 
 Usage::
 
     python bench/eval.py                                   # 10k, 100k, 1M items x 10k users
     python bench/eval.py --items 2000 --users 300 --reps 1 --out /tmp/eval.json   # smoke
+    python bench/eval.py --items 262144 --users 1024 --cpu-tile 32x4096 --out /tmp/t.json  # tiles
     python bench/eval.py --device cuda --dtype bf16 --out eval_bf16.json     # on a GPU
 
 ``--device cuda`` moves the problem (in ``--dtype``) to the GPU, brackets each timed call with
@@ -61,14 +62,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import headline, write_result
 
+import vlm2rec.evaluate as evaluate
 from vlm2rec.config import EvalConfig
-from vlm2rec.evaluate import _validate, rank_targets
+from vlm2rec.evaluate import _validate, rank_targets, score_tile
 
 __all__ = [
     "METHODS",
     "PROBES",
     "Problem",
-    "floor_topk",
     "gemm_only",
     "main",
     "make_problem",
@@ -76,7 +77,7 @@ __all__ = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS: tuple[str, ...] = ("ours", "floor", "gemm")
+METHODS: tuple[str, ...] = ("ours", "gemm", "gemm_blocks")
 #: memory probe, run once per size: only the input validation that ``rank_targets`` starts with
 PROBES: tuple[str, ...] = ("validation",)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -110,55 +111,38 @@ def make_problem(n_items: int, n_users: int, dim: int, history: int, seed: int =
     return Problem(queries, items, targets, indptr, seen)
 
 
-def floor_topk(
-    queries: Tensor, items: Tensor, k: int, user_batch_size: int, item_chunk: int
-) -> Tensor:
-    r"""Top-``k`` candidate ids per user by :math:`s_{uj} = q_u^\top v_j`, no masking: the floor.
-
-    Blocked like ``rank_targets`` (``user_batch_size x item_chunk`` scores at a time): a top-``k``
-    per chunk, merged with the running best, so memory is :math:`O(B \cdot C)`.
-
-    Shapes: ``queries [U, D]``, ``items [N + 1, D]`` (row 0 padding, never returned); returns
-    ``[U, min(k, N)]`` int64 item ids in ``1..N``, best first.
-    """
-    cand = items[1:]  # [N, D]: candidate index j is item id j + 1
-    k = min(k, cand.shape[0])
-    dev = queries.device
-    out = torch.empty(queries.shape[0], k, dtype=torch.long, device=dev)
-    for b0 in range(0, queries.shape[0], user_batch_size):
-        q = queries[b0 : b0 + user_batch_size]  # [B, D]
-        best_s = torch.empty(q.shape[0], 0, dtype=q.dtype, device=dev)
-        best_i = torch.empty(q.shape[0], 0, dtype=torch.long, device=dev)
-        for start in range(0, cand.shape[0], item_chunk):
-            scores = q @ cand[start : start + item_chunk].T  # [B, C]
-            s, i = scores.topk(min(k, scores.shape[1]), dim=1)  # [B, k]
-            merged_s = torch.cat([best_s, s], dim=1)  # [B, <= 2k]
-            merged_i = torch.cat([best_i, i + start], dim=1)
-            best_s, pos = merged_s.topk(min(k, merged_s.shape[1]), dim=1)
-            best_i = merged_i.gather(1, pos)
-        out[b0 : b0 + q.shape[0]] = best_i + 1
-    return out
-
-
-def gemm_only(queries: Tensor, items: Tensor, user_batch_size: int, item_chunk: int) -> float:
-    r"""The blocked products :math:`Q_b V_c^\top` alone, nothing read from them: a lower bound of
-    any exact full ranking. Returns the sum of the last block (so the work cannot be skipped).
+def gemm_only(
+    queries: Tensor, items: Tensor, users: int, chunk: int, *, chunks_outer: bool = True
+) -> float:
+    r"""The blocked products :math:`Q_b V_c^\top` alone, each into one reused ``[b, c]`` buffer and
+    nothing read from them: the floor of any exact full ranking. Item chunks form the outer loop
+    (as in ``rank_targets``) unless ``chunks_outer`` is false. Returns the first entry of the last
+    product (so the work cannot be skipped).
 
     Shapes: ``queries [U, D]``, ``items [N + 1, D]`` (row 0 padding, skipped).
     """
     cand = items[1:]  # [N, D]
-    last = torch.zeros(())
-    for b0 in range(0, queries.shape[0], user_batch_size):
-        q = queries[b0 : b0 + user_batch_size]  # [B, D]
-        for start in range(0, cand.shape[0], item_chunk):
-            last = (q @ cand[start : start + item_chunk].T)[0, 0]  # [B, C] -> one entry
-    return float(last)
+    scores = torch.empty(users * chunk, dtype=torch.float32, device=queries.device)
+    user_starts, chunk_starts = range(0, queries.shape[0], users), range(0, cand.shape[0], chunk)
+    q = {b0: queries[b0 : b0 + users].float() for b0 in user_starts}  # no copy for float32
+    pairs = (  # generators: a list of every pair was 8 MB of the floor's RSS at 1M items
+        ((b0, c0) for c0 in chunk_starts for b0 in user_starts)
+        if chunks_outer
+        else ((b0, c0) for b0 in user_starts for c0 in chunk_starts)
+    )
+    out, last, v = scores[:1], -1, cand[:0]
+    for b0, c0 in pairs:
+        if c0 != last:  # converted once per run of the same chunk (no copy for float32)
+            last, v = c0, cand[c0 : c0 + chunk].float()  # [c, D]
+        out = scores[: q[b0].shape[0] * v.shape[0]].view(q[b0].shape[0], v.shape[0])
+        torch.mm(q[b0], v.T, out=out)  # [b, c]
+    return float(out.view(-1)[0])
 
 
-def run_method(method: str, p: Problem, k: int, user_batch_size: int, item_chunk: int) -> Tensor:
-    """Run ``ours`` (``[U, 2]``: each target's first rank and its ties), ``floor`` (top-k ids
-    ``[U, k]``), ``gemm`` (products only; returns one number) or the ``validation`` probe (returns
-    the targets) on ``p``."""
+def run_method(method: str, p: Problem, user_batch_size: int, item_chunk: int) -> Tensor:
+    """Run ``ours`` (``[U, 2]``: each target's first rank and its ties), ``gemm`` or
+    ``gemm_blocks`` (products only; returns one number) or the ``validation`` probe (returns the
+    targets) on ``p``."""
     if method == "ours":
         ranks = rank_targets(
             p.queries,
@@ -170,10 +154,12 @@ def run_method(method: str, p: Problem, k: int, user_batch_size: int, item_chunk
             item_chunk=item_chunk,
         )
         return torch.stack([ranks.first, ranks.ties], dim=1)
-    if method == "floor":
-        return floor_topk(p.queries, p.items, k, user_batch_size, item_chunk)
     if method == "gemm":
-        return torch.tensor([gemm_only(p.queries, p.items, user_batch_size, item_chunk)])
+        users, chunk = score_tile(p.queries.device, user_batch_size, item_chunk)
+        return torch.tensor([gemm_only(p.queries, p.items, users, chunk)])
+    if method == "gemm_blocks":
+        value = gemm_only(p.queries, p.items, user_batch_size, item_chunk, chunks_outer=False)
+        return torch.tensor([value])
     if method == "validation":  # rank_targets' own checks, alone (a private helper, on purpose)
         _validate(p.queries, p.items, p.targets, p.seen_indptr, p.seen_items)
         return p.targets
@@ -192,16 +178,24 @@ def _to(p: Problem, device: torch.device, dtype: torch.dtype) -> Problem:
     return Problem(q, items, *(t.to(device) for t in p[2:]))
 
 
+def _tile_arg(text: str) -> tuple[int, int]:
+    users, _, items = text.partition("x")
+    tile = (int(users), int(items))
+    if min(tile) < 1:
+        raise argparse.ArgumentTypeError(f"--cpu-tile {text!r}: expected USERSxITEMS, both >= 1")
+    return tile
+
+
 def _worker(args: argparse.Namespace) -> dict[str, Any]:
     """One measured call in this (fresh) process: times and peak extra resident memory."""
     torch.set_num_threads(args.threads)
+    if args.cpu_tile is not None:
+        evaluate.CPU_TILE = args.cpu_tile  # this process only: the tile sweep
     dev, dtype = torch.device(args.device), DTYPES[args.dtype]
     cuda = dev.type == "cuda"
     p = _to(make_problem(args.items[0], args.users, args.dim, args.history, args.seed), dev, dtype)
     warm = make_problem(512, 64, args.dim, 4, args.seed + 1)  # first-call costs (BLAS init)
-    run_method(
-        args.method, _to(warm, dev, dtype), args.k, args.user_batch_size, min(args.item_chunk, 256)
-    )
+    run_method(args.method, _to(warm, dev, dtype), args.user_batch_size, min(args.item_chunk, 256))
     cuda_before = 0
     if cuda:
         torch.cuda.synchronize(dev)
@@ -209,7 +203,7 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
         cuda_before = torch.cuda.memory_allocated(dev)
     before = _rss_bytes()
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    run_method(args.method, p, args.k, args.user_batch_size, args.item_chunk)
+    run_method(args.method, p, args.user_batch_size, args.item_chunk)
     if cuda:
         torch.cuda.synchronize(dev)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -229,15 +223,29 @@ def _spawn(args: argparse.Namespace, n_items: int, method: str) -> dict[str, Any
     """Run one measurement in a subprocess and return its JSON record."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--method", method]
     cmd += ["--items", str(n_items), "--users", str(args.users), "--dim", str(args.dim)]
-    cmd += ["--history", str(args.history), "--k", str(args.k), "--seed", str(args.seed)]
+    cmd += ["--history", str(args.history), "--seed", str(args.seed)]
     cmd += ["--user-batch-size", str(args.user_batch_size), "--item-chunk", str(args.item_chunk)]
     cmd += ["--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype]
+    if args.cpu_tile is not None:
+        cmd += ["--cpu-tile", "x".join(map(str, args.cpu_tile))]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"eval worker {method} N={n_items} failed:\n{proc.stderr[-2000:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _tile_bytes(args: argparse.Namespace, n_items: int) -> dict[str, int]:
+    """Float32 bytes of one tile: ours (flags and scores, item rows), the GEMM's output."""
+    dev = torch.device(args.device)
+    if args.cpu_tile is not None and dev.type == "cpu":
+        b, c = min(args.user_batch_size, args.cpu_tile[0]), min(args.item_chunk, args.cpu_tile[1])
+    else:
+        b, c = score_tile(dev, args.user_batch_size, args.item_chunk)
+    b, c = min(b, args.users), min(c, n_items)
+    return {"tile_users": b, "tile_items": c, "ours": 4 * (2 * b * (c + b) + (c + b) * args.dim),
+            "gemm": 4 * b * c}  # fmt: skip
 
 
 def _measure_size(args: argparse.Namespace, n_items: int, reps: int) -> dict[str, Any]:
@@ -251,8 +259,7 @@ def _measure_size(args: argparse.Namespace, n_items: int, reps: int) -> dict[str
     }
     probe = _spawn(args, n_items, "validation")
     print(f"  N={n_items} validation probe: {probe}", flush=True)
-    b, c = args.user_batch_size, args.item_chunk
-    size = DTYPES[args.dtype].itemsize  # bytes per score
+    paired = [o["cpu_s"] / g["cpu_s"] for o, g in zip(runs["ours"], runs["gemm"], strict=True)]
     return {
         "items": n_items,
         "users": args.users,
@@ -260,31 +267,32 @@ def _measure_size(args: argparse.Namespace, n_items: int, reps: int) -> dict[str
         "median": med,
         "runs": runs,
         "validation_probe": probe,
-        "cpu_ratio": med["ours"]["cpu_s"] / med["floor"]["cpu_s"],
-        "cpu_ratio_vs_gemm": med["ours"]["cpu_s"] / med["gemm"]["cpu_s"],
-        "wall_ratio": med["ours"]["wall_s"] / med["floor"]["wall_s"],
-        "theory_block_bytes": {"ours": size * b * (min(c, n_items) + b), "floor": size * b * c},
-        "theory_unblocked_bytes": size * args.users * n_items,
+        "cpu_ratio": med["ours"]["cpu_s"] / med["gemm"]["cpu_s"],
+        "cpu_ratio_paired": statistics.median(paired),
+        "cpu_ratio_vs_blocks": med["ours"]["cpu_s"] / med["gemm_blocks"]["cpu_s"],
+        "wall_ratio": med["ours"]["wall_s"] / med["gemm"]["wall_s"],
+        "theory_tile_bytes": _tile_bytes(args, n_items),
+        "theory_unblocked_bytes": 4 * args.users * n_items,
     }
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     head = (
-        f"{'items':>9}{'users':>7}{'ours cpu s':>12}{'floor cpu s':>13}{'gemm cpu s':>12}"
-        f"{'ours/floor':>12}{'ours/gemm':>11}"
-        f"{'wall ratio':>12}{'ours dRSS MB':>14}{'of it checks':>14}{'floor dRSS MB':>15}"
-        f"{'block MB':>10}"
+        f"{'items':>9}{'users':>7}{'ours cpu s':>12}{'gemm cpu s':>12}{'blocks cpu s':>14}"
+        f"{'ours/gemm':>11}{'paired':>8}{'ours/blocks':>13}{'wall ratio':>12}"
+        f"{'ours dRSS MB':>14}{'of it checks':>14}{'gemm dRSS MB':>14}{'tile MB':>9}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
-        o, f = r["median"]["ours"], r["median"]["floor"]
+        o, g, gb = (r["median"][m] for m in METHODS)
         lines.append(
-            f"{r['items']:>9}{r['users']:>7}{o['cpu_s']:>12.2f}{f['cpu_s']:>13.2f}"
-            f"{r['median']['gemm']['cpu_s']:>12.2f}{r['cpu_ratio']:>12.3f}"
-            f"{r['cpu_ratio_vs_gemm']:>11.3f}{r['wall_ratio']:>12.3f}"
+            f"{r['items']:>9}{r['users']:>7}{o['cpu_s']:>12.2f}{g['cpu_s']:>12.2f}"
+            f"{gb['cpu_s']:>14.2f}{r['cpu_ratio']:>11.3f}{r['cpu_ratio_paired']:>8.3f}"
+            f"{r['cpu_ratio_vs_blocks']:>13.3f}{r['wall_ratio']:>12.3f}"
             f"{o['peak_extra_rss_bytes'] / 2**20:>14.1f}"
             f"{r['validation_probe']['peak_extra_rss_bytes'] / 2**20:>14.1f}"
-            f"{f['peak_extra_rss_bytes'] / 2**20:>15.1f}{r['theory_block_bytes']['ours'] / 2**20:>10.1f}"
+            f"{g['peak_extra_rss_bytes'] / 2**20:>14.1f}"
+            f"{r['theory_tile_bytes']['ours'] / 2**20:>9.2f}"
         )
     return lines
 
@@ -296,11 +304,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--history", type=int, default=50, help="masked seen items per user")
-    p.add_argument("--k", type=int, default=20, help="floor's top-k (the largest metric cutoff)")
     p.add_argument("--user-batch-size", type=int, default=ev.user_batch_size)
     p.add_argument("--item-chunk", type=int, default=ev.item_chunk)
+    p.add_argument("--cpu-tile", type=_tile_arg, default=None, help="override CPU_TILE, UxI")
     p.add_argument("--reps", type=int, default=3, help="repetitions per method (medians)")
-    p.add_argument("--largest-reps", type=int, default=1, help="repetitions at the largest size")
+    p.add_argument("--largest-reps", type=int, default=3, help="repetitions at the largest size")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -309,8 +317,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", choices=METHODS + PROBES, default="ours", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if min(args.items) < 1 or min(args.users, args.dim, args.k, args.reps, args.threads) < 1:
-        p.error("--items, --users, --dim, --k, --reps, --threads must be >= 1")
+    if min(args.items) < 1 or min(args.users, args.dim, args.reps, args.threads) < 1:
+        p.error("--items, --users, --dim, --reps, --threads must be >= 1")
+    if min(args.user_batch_size, args.item_chunk, args.largest_reps) < 1:
+        p.error("--user-batch-size, --item-chunk, --largest-reps must be >= 1")
     return args
 
 
@@ -330,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     lines = _table(rows)
     clock = "wall" if args.device == "cuda" else "cpu"  # CPU time on CUDA: the host waiting
     ratio = rows[-1][f"{clock}_ratio"]
-    name = f"rank_targets / floor {'CPU' if clock == 'cpu' else 'wall'} time"
+    name = f"rank_targets / bare score GEMM {'CPU' if clock == 'cpu' else 'wall'} time"
     name += f" ({sizes[-1]} items x {args.users} users)"
     if (args.device, args.dtype) != ("cpu", "fp32"):
         name += f" [{args.device}, {args.dtype}]"

@@ -74,36 +74,56 @@ def test_quartiles() -> None:
 def test_eval_smoke_writes_headline_and_machine(tmp_path: Path) -> None:
     # one size: each (method, repetition) is a subprocess that imports torch, a few seconds each
     argv = ["--items", "300", "--users", "40", "--history", "5", "--reps", "1"]
-    out = bench_eval.main([*argv, "--out", str(tmp_path / "e.json")])
+    out = bench_eval.main([*argv, "--cpu-tile", "16x128", "--out", str(tmp_path / "e.json")])
     doc = _check_result(out, "eval")
     rows = doc["results"]
     assert [r["items"] for r in rows] == [300]
     assert "300 items x 40 users" in doc["headline"]["name"]
+    assert "GEMM" in doc["headline"]["name"]
     assert doc["headline"]["value"] == pytest.approx(rows[-1]["cpu_ratio"])
+    assert doc["settings"]["cpu_tile"] == [16, 128]
     for r in rows:
         for method in bench_eval.METHODS:
             (run,) = r["runs"][method]
             assert run["cpu_s"] >= 0 and run["wall_s"] > 0
             assert 0 <= run["peak_extra_rss_bytes"] <= run["peak_rss_bytes"]
         assert r["theory_unblocked_bytes"] == 4 * 40 * r["items"]
+        tile = r["theory_tile_bytes"]
+        assert (tile["tile_users"], tile["tile_items"]) == (16, 128)
+        assert tile["gemm"] == 4 * 16 * 128
         assert r["validation_probe"]["peak_extra_rss_bytes"] >= 0
 
 
-def test_floor_topk_equals_unblocked_topk() -> None:
-    p = bench_eval.make_problem(n_items=53, n_users=11, dim=8, history=3, seed=1)
-    want = (p.queries @ p.items[1:].T).topk(6, dim=1).indices + 1  # [U, 6] item ids
-    got = bench_eval.floor_topk(p.queries, p.items, k=6, user_batch_size=4, item_chunk=7)
-    assert torch.equal(got, want)
-    # k larger than a chunk and than the catalogue: every item, best first
-    everything = bench_eval.floor_topk(p.queries, p.items, k=99, user_batch_size=5, item_chunk=3)
-    assert torch.equal(everything, (p.queries @ p.items[1:].T).argsort(dim=1, descending=True) + 1)
-
-
-def test_gemm_only_reads_the_last_block() -> None:
+@pytest.mark.parametrize("chunks_outer", [True, False])
+def test_gemm_only_reads_the_last_block(chunks_outer: bool) -> None:
     p = bench_eval.make_problem(n_items=20, n_users=10, dim=4, history=2, seed=2)
-    value = bench_eval.gemm_only(p.queries, p.items, user_batch_size=4, item_chunk=7)
+    value = bench_eval.gemm_only(p.queries, p.items, 4, 7, chunks_outer=chunks_outer)
     # last user block starts at user 8, last item chunk at candidate 14 = item id 15
     assert value == pytest.approx(float(p.queries[8] @ p.items[15]), abs=1e-6)
+
+
+def test_gemm_methods_use_ours_tiles_and_the_configured_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[int, int, bool]] = []
+
+    def spy(
+        queries: torch.Tensor,
+        items: torch.Tensor,
+        users: int,
+        chunk: int,
+        *,
+        chunks_outer: bool = True,
+    ) -> float:
+        seen.append((users, chunk, chunks_outer))
+        return 0.0
+
+    monkeypatch.setattr(bench_eval, "gemm_only", spy)
+    p = bench_eval.make_problem(n_items=20, n_users=10, dim=4, history=2, seed=2)
+    bench_eval.run_method("gemm", p, 256, 8192)
+    bench_eval.run_method("gemm_blocks", p, 256, 8192)
+    tile = bench_eval.score_tile(p.queries.device, 256, 8192)
+    assert seen == [(*tile, True), (256, 8192, False)]
 
 
 def test_make_problem_is_seeded_and_valid() -> None:
@@ -115,18 +135,18 @@ def test_make_problem_is_seeded_and_valid() -> None:
     assert int(a.targets.min()) >= 1 and int(a.targets.max()) <= 40
     assert int(a.seen_items.min()) >= 1 and int(a.seen_items.max()) <= 40
     assert a.seen_indptr.tolist() == list(range(0, 36, 5))
-    ranks = bench_eval.run_method("ours", a, 5, 3, 8)  # accepted by rank_targets' validation
+    ranks = bench_eval.run_method("ours", a, 3, 8)  # accepted by rank_targets' validation
     assert ranks.shape == (7, 2) and int(ranks.min()) >= 0  # (first rank or 0 = miss, ties)
 
 
 def test_validation_probe_runs_rank_targets_checks() -> None:
     p = bench_eval.make_problem(n_items=20, n_users=3, dim=4, history=2, seed=0)
-    assert torch.equal(bench_eval.run_method("validation", p, 5, 2, 8), p.targets)
+    assert torch.equal(bench_eval.run_method("validation", p, 2, 8), p.targets)
     p.items[7, 1] = float("nan")
     with pytest.raises(ValueError, match="finite"):
-        bench_eval.run_method("validation", p, 5, 2, 8)
+        bench_eval.run_method("validation", p, 2, 8)
     with pytest.raises(ValueError, match="method"):
-        bench_eval.run_method("nope", p, 5, 2, 8)
+        bench_eval.run_method("nope", p, 2, 8)
 
 
 def test_plain_fused_loss_is_plain_loss() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vlm2rec.evaluate import (
@@ -198,6 +198,77 @@ def test_matches_argsort_reference(
     )
 
 
+def _dense_reference(
+    q: torch.Tensor, items: torch.Tensor, targets: np.ndarray, seen: list[list[int]]
+) -> list[tuple[int, int]]:
+    """Vectorised reference over the whole ``[U, N + 1]`` score matrix in float64 with a dense
+    mask: exact for small integer embeddings."""
+    scores = (q.double() @ items.double().T).numpy()  # [U, N + 1]
+    excluded = np.zeros(scores.shape, dtype=bool)
+    excluded[:, 0] = True  # padding
+    for u, s in enumerate(seen):
+        excluded[u, s] = True
+    s_t = scores[np.arange(len(targets)), targets][:, None]
+    cand = ~excluded
+    above = ((scores > s_t) & cand).sum(1)
+    level = ((scores == s_t) & cand).sum(1) - 1  # the target itself is not its own tie
+    hit = cand[np.arange(len(targets)), targets]
+    return [
+        (int(a) + 1, int(g)) if h else (0, 0) for a, g, h in zip(above, level, hit, strict=True)
+    ]
+
+
+@settings(max_examples=25, deadline=None)
+@example(n_users=150, n_items=4500, dim=3, history=40, seed=0)  # 3 x 3 tiles, partial last ones
+@given(
+    st.integers(1, 150),
+    st.integers(1, 5000),
+    st.integers(1, 4),
+    st.integers(0, 40),
+    st.integers(0, 2**31 - 1),
+)
+def test_default_tiling_matches_a_dense_reference(
+    n_users: int, n_items: int, dim: int, history: int, seed: int
+) -> None:
+    """At the default block sizes (several CPU tiles of users and of items, partial last tiles),
+    with exact ties and repeated targets, every rank equals the dense reference."""
+    rng = np.random.default_rng(seed)
+    q = torch.tensor(rng.integers(-3, 4, (n_users, dim)), dtype=torch.float32)
+    items = torch.tensor(rng.integers(-3, 4, (n_items + 1, dim)), dtype=torch.float32)
+    targets = rng.integers(1, n_items + 1, n_users)
+    seen = [sorted(set(rng.integers(1, n_items + 1, rng.integers(0, history + 1)).tolist()))
+            for _ in targets]  # fmt: skip
+    got = rank_targets(q, items, targets, *_csr(seen))
+    assert _pairs(got) == _dense_reference(q, items, targets, seen)
+
+
+def test_small_cpu_tiles_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU tile caps the default blocks; 4 x 3 tiles (dozens of them, partial at both edges)
+    in passes of 4 users rank exactly as the dense reference."""
+    import vlm2rec.evaluate as evaluate
+
+    rng = np.random.default_rng(8)
+    q = torch.tensor(rng.integers(-2, 3, (9, 2)), dtype=torch.float32)
+    items = torch.tensor(rng.integers(-2, 3, (301, 2)), dtype=torch.float32)
+    targets = rng.integers(1, 301, 9)
+    seen = [rng.integers(1, 301, 7).tolist() for _ in targets]
+    monkeypatch.setattr(evaluate, "CPU_TILE", (4, 3))
+    monkeypatch.setattr(evaluate, "PASS_USERS", 5)  # 9 users: passes of 4, 4 and 1
+    assert evaluate.score_tile(torch.device("cpu"), 256, 8192) == (4, 3)
+    assert evaluate.score_tile(torch.device("cpu"), 2, 1) == (2, 1)
+    assert _pairs(rank_targets(q, items, targets, *_csr(seen))) == _dense_reference(
+        q, items, targets, seen
+    )
+    # off the CPU the blocks are used as given, up to the counts float32 holds exactly
+    assert evaluate.score_tile(torch.device("meta"), 256, 2**30) == (256, 2**24 - 1)
+
+
+def test_no_users_gives_empty_ranks() -> None:
+    none = torch.zeros(0, dtype=torch.long)
+    ranks = rank_targets(torch.ones(0, 2), torch.ones(4, 2), none, [0], none)
+    assert ranks.first.shape == (0,) and ranks.ties.shape == (0,)
+
+
 def test_bf16_inputs_are_scored_in_float32() -> None:
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(20, 16, generator=gen).bfloat16()
@@ -248,6 +319,11 @@ def test_non_finite_and_shape_errors() -> None:
         rank_targets(
             torch.ones(1, 2), torch.tensor([[0.0, 0], [float("nan"), 1]]), [1], indptr, seen
         )
+    with pytest.raises(ValueError, match="queries: expected finite"):
+        rank_targets(torch.tensor([[1.0, float("-inf")]]), torch.ones(3, 2), [1], indptr, seen)
+    with pytest.raises(ValueError, match="items: expected finite"):
+        rank_targets(torch.ones(1, 2), torch.tensor([[0.0, 0], [1, 1], [float("inf"), 0]]), [1],
+                     indptr, seen)  # fmt: skip
     with pytest.raises(ValueError, match="share D"):
         rank_targets(torch.ones(1, 3), torch.ones(4, 2), torch.tensor([1]), indptr, seen)
     with pytest.raises(ValueError, match=r"user 1 has seen_indptr\[2\] = 1 < seen_indptr\[1\] = 2"):

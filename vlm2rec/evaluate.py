@@ -23,11 +23,14 @@ returned as ``first = a + 1`` and ``ties = g`` (:class:`TargetRanks`).
   dot product disagrees with the matrix product in the last bit for most users), so two items with
   identical embeddings could land on either side of the target. Each score block is therefore
   computed as one product of the user block with ``[item chunk; target rows]``, and the target's
-  score is read from that same call.
+  score is read from that same call (not gathered once per user: that would be another call).
 
-Scores are computed in float32 whatever the input dtype (bf16 scores would manufacture ties), in
-blocks of ``user_batch_size x item_chunk``: memory is :math:`O(B \cdot C)`, never users x items, and
-no top-k is needed, only two counts per block.
+Scores are computed in float32 whatever the input dtype (bf16 scores would manufacture ties), one
+tile of ``b`` users x ``c`` items per GEMM (at most ``user_batch_size x item_chunk``; on CPU at most
+:data:`CPU_TILE`, so that the tile is still in cache when it is counted): memory is
+:math:`O(b \cdot c)` for the scores, never users x items, plus the per-user inputs, and no top-k
+is needed, only two counts per tile. The counts never materialise a users x items mask: the
+excluded pairs are written as :math:`-\infty` into the few tiles that hold them.
 
 ======================  ==========================================================
 symbol                  argument
@@ -110,6 +113,18 @@ def _first_bad(mask: Tensor) -> int:
     return int(mask.nonzero()[0, 0])
 
 
+def _finite(x: Tensor) -> bool:
+    """Every entry finite, checked in one pass without a temporary the size of ``x``.
+
+    ``aminmax`` propagates NaN, and an infinity is the minimum or the maximum; ``isfinite(x).all()``
+    would allocate an ``x``-sized mask (and more), the whole peak memory of a large catalogue.
+    """
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def _validate(
     queries: Tensor, items: Tensor, targets: Tensor, indptr: Tensor, seen: Tensor
 ) -> None:
@@ -124,7 +139,7 @@ def _validate(
     if items.shape[0] < 2:
         raise ValueError("items: expected row 0 (padding) plus at least one item, got 0 items")
     for name, emb in (("queries", queries), ("items", items[1:])):
-        if not emb.dtype.is_floating_point or not bool(torch.isfinite(emb).all()):
+        if not emb.dtype.is_floating_point or not _finite(emb):
             raise ValueError(f"{name}: expected finite floating-point embeddings")
     _validate_index(queries.shape[0], items.shape[0] - 1, targets, indptr, seen)
 
@@ -156,15 +171,154 @@ def _validate_index(
         raise ValueError(f"seen_items[{i}] = {int(seen[i])}: expected an item id in 1..{n_items}")
 
 
-def _mask_(scores: Tensor, rows: Tensor, cand: Tensor, start: int, width: int) -> None:
-    """Set ``scores[rows, cand - start] = -inf`` for the candidates inside this chunk, in place.
+CPU_TILE: tuple[int, int] = (64, 2048)
+"""Most users x items per GEMM call on CPU. The score tile, the equality flags below it and the
+item rows (about 1.6 MB in float32 for D = 64) then fit a core's L2 cache while they are compared
+and counted; with the default 256 x 8192 blocks each comparison read 8 MB from memory.
+``bench/eval.py --cpu-tile`` measures other tiles."""
 
-    Entries outside ``[start, start + width)`` are sent to column ``width`` (the first appended
-    target column, already read) instead of being filtered: filtering would need a host sync.
+
+PASS_USERS = 2048
+"""Users whose excluded pairs are indexed together (``O(PASS_USERS x history)`` memory, whatever the
+number of users); the catalogue is read once per pass, so copying each chunk costs little."""
+
+_EXACT_COUNT = 2**24 - 1  #: float32 holds every integer count up to here exactly
+
+
+def score_tile(device: torch.device, user_batch_size: int, item_chunk: int) -> tuple[int, int]:
+    """``(users, items)`` scored per GEMM call: the given block, capped at :data:`CPU_TILE` on CPU.
+
+    The counts are exact for any tile (the tests rank with many). Like the block sizes before, the
+    tile is a call shape, so it could move the GEMM's last bit and flip a near-tie; on MKL the
+    ranks of a 100k-item float problem came out identical for every tile tried.
     """
-    local = cand - start
-    inside = (local >= 0) & (local < width)
-    scores[rows, torch.where(inside, local, width)] = float("-inf")
+    users, items = user_batch_size, min(item_chunk, _EXACT_COUNT)
+    if device.type == "cpu":
+        return min(users, CPU_TILE[0]), min(items, CPU_TILE[1])
+    return users, items
+
+
+class _Tiles:
+    r"""The buffers one :func:`rank_targets` call reuses for every ``[b users] x [c items]`` tile.
+
+    - ``rows [c + b, D]``: the item chunk followed by the block's target rows, so one GEMM scores
+      both and a duplicate of a target ties with it bit for bit;
+    - ``flags``: the score tile ``[n, w + n]`` (row stride ``w + n``) followed by ``n`` more rows
+      of the same stride, where the equality flags go; then ``flags`` as ``[2n, w]`` holds one
+      ``(above, equal)`` flag pair per (user, candidate) and one row sum counts both.
+
+    Views are cached per tile shape ``(w, n)``: at most four (full or last chunk, full or last
+    block).
+    """
+
+    def __init__(self, users: int, items: int, dim: int, device: torch.device) -> None:
+        self.rows = torch.empty(items + users, dim, device=device)  # [c + b, D]
+        self.flags = torch.empty(2 * users * (items + users), device=device)
+        self._views: dict[tuple[int, int], tuple[Tensor, ...]] = {}
+
+    def views(self, w: int, n: int) -> tuple[Tensor, ...]:
+        """``(rows_t [D, w + n], targets [n, D], scores [n, w + n], flat [n (w + n)],
+        s_target [n, 1], above [n, w], equal [n, w], both [2n, w])`` for a tile of ``n`` users
+        x ``w`` items."""
+        got = self._views.get((w, n))
+        if got is None:
+            ld = w + n  # row stride of the score tile
+            both = self.flags.as_strided((2 * n, w), (ld, 1))  # score rows, then equality rows
+            got = (
+                self.rows[:ld].T,
+                self.rows[w:ld],
+                self.flags[: n * ld].view(n, ld),
+                self.flags[: n * ld],
+                self.flags.as_strided((n, 1), (ld + 1, 0), w),  # diagonal of the target columns
+                both[:n],
+                both[n:],
+                both,
+            )
+            self._views[w, n] = got
+        return got
+
+
+def _tile_positions(
+    rows: Tensor, seen0: Tensor, targets0: Tensor, n_items: int, users: int, items: int
+) -> tuple[Tensor, list[int]]:
+    """Where each excluded (user, candidate) pair lies in its tile's score buffer.
+
+    The pairs are each user's history and its own target (``j != t``: the target is not its own
+    tie). Returns ``(positions [nnz + U] int64, sizes)``: positions sorted by tile (chunk-major,
+    then user block), ``sizes[k * n_blocks + b]`` of them in tile ``(chunk k, block b)``; one host
+    sync in all.
+    """
+    n_users = len(targets0)
+    own = torch.arange(n_users, device=targets0.device)
+    user, cand = torch.cat([rows, own]), torch.cat([seen0, targets0])  # [nnz + U]
+    n_blocks = -(-n_users // users)
+    key, order = torch.sort((cand // items).mul_(n_blocks).add_(user // users))  # tile, chunk-major
+    user, cand = user[order], cand[order]
+    del order  # in place from here on: these arrays are the pass's largest allocation
+    chunk, block = key // n_blocks, key % n_blocks
+    width = chunk.mul(-items).add_(n_items).clamp_(max=items)  # w of the tile
+    height = block.mul(-users).add_(n_users).clamp_(max=users)  # n of the tile
+    positions = (
+        user.sub_(block.mul_(users)).mul_(width.add_(height)).add_(cand.sub_(chunk.mul_(items)))
+    )
+    n_tiles = -(-n_items // items) * n_blocks
+    return positions, torch.bincount(key, minlength=n_tiles).tolist()
+
+
+def _count_tile(
+    views: tuple[Tensor, ...], q: Tensor, target_rows: Tensor, excluded: Tensor, acc: Tensor
+) -> None:
+    r"""Write one tile's counts into ``acc [2n]`` (above, then equal).
+
+    One GEMM :math:`S = q\,[V_c; V_t]^\top` ``[n, w + n]``; the target scores are its diagonal in
+    the appended columns; excluded pairs are set to :math:`-\infty`; then ``equal = (S == s_t)``
+    into the rows below, ``above = (S > s_t)`` in place, and one row sum counts both into ``acc``
+    (float32 sums of 0/1 flags are exact up to :data:`_EXACT_COUNT`, more than a tile holds).
+    """
+    rows_t, targets, scores, flat, s_target, above, equal, both = views
+    targets.copy_(target_rows)
+    torch.mm(q, rows_t, out=scores)
+    if len(excluded):
+        flat.index_fill_(0, excluded, float("-inf"))
+    torch.eq(above, s_target, out=equal)
+    torch.gt(above, s_target, out=above)  # scores -> flags; s_target lies outside, untouched
+    torch.sum(both, dim=1, out=acc)
+
+
+def _rank_pass(
+    queries: Tensor,
+    cand: Tensor,
+    targets0: Tensor,
+    rows: Tensor,
+    seen0: Tensor,
+    tile: tuple[int, int],
+) -> TargetRanks:
+    """Ranks of one pass of users over the whole catalogue, tile by tile; each chunk is copied
+    once for all the pass's user blocks. ``rows``: the pass-local user of each ``seen0`` entry."""
+    users, items = tile
+    n_users, n_items = len(targets0), cand.shape[0]
+    excluded, sizes = _tile_positions(rows, seen0, targets0, n_items, users, items)
+    blocks = [(b0, min(users, n_users - b0)) for b0 in range(0, n_users, users)]
+    q = [queries[b0 : b0 + n].float() for b0, n in blocks]  # no copy for float32
+    t_rows = cand[targets0].float()  # [U, D], gathered once: a block's rows are copied per chunk
+    t_rows_b = [t_rows[b0 : b0 + n] for b0, n in blocks]
+    tiles = _Tiles(users, items, cand.shape[1], queries.device)
+    acc = torch.zeros(len(blocks), 2 * users, device=queries.device)  # one chunk's counts
+    acc_b = [acc[b, : 2 * n] for b, (_, n) in enumerate(blocks)]
+    total = torch.zeros(len(blocks), 2 * users, dtype=torch.long, device=queries.device)
+    done = 0
+    for k, start in enumerate(range(0, n_items, items)):
+        w = min(items, n_items - start)
+        tiles.rows[:w].copy_(cand[start : start + w])  # float32 whatever the input dtype
+        per_block = sizes[k * len(blocks) : (k + 1) * len(blocks)]
+        parts = torch.split(excluded[done : done + sum(per_block)], per_block)
+        done += sum(per_block)
+        for b, ((_, n), part) in enumerate(zip(blocks, parts, strict=True)):
+            _count_tile(tiles.views(w, n), q[b], t_rows_b[b], part, acc_b[b])
+        total += acc.long()  # each tile overwrote its slice: one chunk's counts, exact in float32
+    above = torch.cat([total[b, :n] for b, (_, n) in enumerate(blocks)])
+    level = torch.cat([total[b, n : 2 * n] for b, (_, n) in enumerate(blocks)])
+    return _ranks(above, level, rows, seen0, targets0)
 
 
 def _tally(scores: Tensor, s_target: Tensor) -> tuple[Tensor, Tensor]:
@@ -173,30 +327,6 @@ def _tally(scores: Tensor, s_target: Tensor) -> tuple[Tensor, Tensor]:
     above = (scores > s_target[:, None]).sum(dim=1, dtype=torch.int32)
     level = (scores == s_target[:, None]).sum(dim=1, dtype=torch.int32)
     return above, level
-
-
-def _count_block(
-    queries: Tensor, cand: Tensor, targets0: Tensor, rows: Tensor, seen0: Tensor, item_chunk: int
-) -> TargetRanks:
-    """Ranks of one user block; ``targets0``/``seen0`` are 0-based candidate indices."""
-    q = queries.float()  # [B, D]
-    n_users = q.shape[0]
-    target_rows = cand[targets0].float()  # [B, D]
-    own = torch.arange(n_users, device=q.device)
-    above = torch.zeros(n_users, dtype=torch.long, device=q.device)
-    level = torch.zeros(n_users, dtype=torch.long, device=q.device)
-    for start in range(0, cand.shape[0], item_chunk):
-        chunk = cand[start : start + item_chunk].float()  # [C, D]
-        width = chunk.shape[0]
-        # one GEMM for chunk and targets, so equal embeddings give bit-equal scores
-        scores = q @ torch.cat([chunk, target_rows]).T  # [B, C + B]
-        s_target = scores[:, width:].diagonal().clone()  # [B]
-        _mask_(scores, rows, seen0, start, width)
-        _mask_(scores, own, targets0, start, width)  # j != t: the target is not its own tie
-        gt, eq = _tally(scores[:, :width], s_target)
-        above += gt
-        level += eq
-    return _ranks(above, level, rows, seen0, targets0)
 
 
 def _ranks(
@@ -233,6 +363,10 @@ def rank_targets(
     ``first`` :math:`= 1 + a_u` (0 when the mask excludes the target), ``ties`` :math:`= g_u`;
     constant scores give ``first = 1``, ``ties = |C_u| - 1``.
 
+    Users go in passes of :data:`PASS_USERS` over the catalogue, each scored tile by tile
+    (:func:`score_tile`); memory: the tile buffers (:class:`_Tiles`) plus ``O(PASS_USERS x
+    history)`` indices, whatever ``N`` and ``U``.
+
     Shapes: ``queries [U, D]``, ``items [N + 1, D]`` (row 0 padding), ``targets [U]``,
     ``seen_indptr [U + 1]``, ``seen_items [nnz]``; returns two ``[U]`` int64 tensors on
     ``queries.device``. Index arrays may be tensors (any device), numpy arrays or lists.
@@ -245,16 +379,16 @@ def rank_targets(
     seen = _as_index(seen_items, "seen_items", dev)
     _validate(queries, items, tgt, indptr, seen)
     cand = items[1:]  # [N, D]: candidate index j is item id j + 1
-    first = torch.empty(queries.shape[0], dtype=torch.long, device=dev)
-    ties = torch.empty_like(first)
-    for b0 in range(0, queries.shape[0], user_batch_size):
-        b1 = min(b0 + user_batch_size, queries.shape[0])
-        rows, lo, hi = _block_rows(indptr, b0, b1)
-        block = _count_block(
-            queries[b0:b1], cand, tgt[b0:b1] - 1, rows, seen[lo:hi] - 1, item_chunk
-        )
-        first[b0:b1], ties[b0:b1] = block
-    return TargetRanks(first, ties)
+    tile = score_tile(dev, user_batch_size, item_chunk)
+    step = tile[0] * max(1, PASS_USERS // tile[0])  # whole tiles of users per pass
+    parts = []
+    for p0 in range(0, len(tgt), step):
+        p1 = min(p0 + step, len(tgt))
+        rows, lo, hi = _block_rows(indptr, p0, p1)
+        parts.append(_rank_pass(queries[p0:p1], cand, tgt[p0:p1] - 1, rows, seen[lo:hi] - 1, tile))
+    if not parts:
+        return TargetRanks(tgt.new_zeros(0), tgt.new_zeros(0))
+    return TargetRanks(*(torch.cat(ranks) for ranks in zip(*parts, strict=True)))
 
 
 def rank_scores(
