@@ -1,8 +1,8 @@
-r"""Full-ranking evaluation cost (``evaluate.rank_targets``) vs the bare score GEMM, side by side.
+r"""Full-ranking evaluation cost (``ranking.rank_targets``) vs the bare score GEMM, side by side.
 
 For each catalogue size ``N`` (``U`` users, dimension ``D``, ``H`` masked history items per user):
 
-* **ours**: ``vlm2rec.evaluate.rank_targets`` with the default ``eval.user_batch_size`` and
+* **ours**: ``vlm2rec.ranking.rank_targets`` with the default ``eval.user_batch_size`` and
   ``eval.item_chunk``: input validation, one GEMM per tile ``[b users] x [(c items; b target
   rows)]`` (``evaluate.score_tile``: on CPU at most ``evaluate.CPU_TILE``), history and target
   masking, and the two counts :math:`|\{j : s_{uj} > s_{ut_u}\}|` and
@@ -62,9 +62,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import headline, write_result
 
-import vlm2rec.evaluate as evaluate
+import vlm2rec.ranking as evaluate
 from vlm2rec.config import EvalConfig
-from vlm2rec.evaluate import _validate, rank_targets, score_tile
+from vlm2rec.ranking import _validate, rank_targets, score_tile
 
 __all__ = [
     "METHODS",
@@ -84,7 +84,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Problem(NamedTuple):
-    """One seeded evaluation problem (shapes as ``evaluate.rank_targets``)."""
+    """One seeded evaluation problem (shapes as ``ranking.rank_targets``)."""
 
     queries: Tensor  #: [U, D] float32
     items: Tensor  #: [N + 1, D] float32, row 0 padding

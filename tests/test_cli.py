@@ -152,7 +152,7 @@ def test_resume_with_a_different_config_names_the_keys_and_exits_2(
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before  # untouched
 
 
-def test_evaluate_reproduces_final_test_metrics(run_dir: Path) -> None:
+def test_ranking_reproduces_final_test_metrics(run_dir: Path) -> None:
     assert console(["evaluate", "--run", str(run_dir), "--split", "test"]) == 0
     again = json.loads((run_dir / "eval_test.json").read_text())
     final = json.loads((run_dir / "final.json").read_text())["test"]

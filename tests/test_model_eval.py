@@ -17,7 +17,7 @@ from vlm2rec.config import EvalConfig, RunConfig, SyntheticConfig, apply_overrid
 from vlm2rec.data.schema import PreparedDataset
 from vlm2rec.distributed import DistInfo
 from vlm2rec.embedder import build_embedder
-from vlm2rec.evaluate import evaluate_views
+from vlm2rec.ranking import evaluate_views
 from vlm2rec.train import RunState, build_run
 
 KS = (5, 10, 20)

@@ -24,7 +24,7 @@ import torch
 
 from vlm2rec.config import EvalConfig
 from vlm2rec.data.splits import EvalExamples, Splits
-from vlm2rec.evaluate import rank_scores
+from vlm2rec.ranking import rank_scores
 
 __all__ = ["BASELINES", "baseline_metrics", "baseline_scores"]
 

@@ -2,7 +2,7 @@
 
 Work is sharded over data-parallel ranks (each rank embeds a slice of the catalogue and ranks a
 slice of the users; slices are gathered), so every rank returns the same metric dict. The maths
-lives in ``evaluate``, ``metrics`` and ``diagnostics``; this module only moves tensors.
+lives in ``ranking``, ``metrics`` and ``diagnostics``; this module only moves tensors.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from vlm2rec.config import EvalConfig
 from vlm2rec.data.splits import EvalExamples
 from vlm2rec.diagnostics import embedding_diagnostics
 from vlm2rec.distributed import DistInfo, all_gather_no_grad
-from vlm2rec.evaluate import TargetRanks, rank_sampled, rank_targets, sampled_metrics, view_metrics
+from vlm2rec.ranking import TargetRanks, rank_sampled, rank_targets, sampled_metrics, view_metrics
 
 if TYPE_CHECKING:  # annotations only: importing the embedders costs transformers (seconds)
     from vlm2rec.embedder import Embedder

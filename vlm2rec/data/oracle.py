@@ -44,7 +44,7 @@ import torch
 from vlm2rec.config import EvalConfig, SyntheticConfig
 from vlm2rec.data.splits import EvalExamples
 from vlm2rec.data.synthetic import FALLBACK, item_attributes, level_keys, transition_maps
-from vlm2rec.evaluate import rank_scores
+from vlm2rec.ranking import rank_scores
 
 __all__ = ["ORACLE_KS", "oracle_metrics", "posterior", "view_scores"]
 

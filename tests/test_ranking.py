@@ -8,7 +8,8 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from vlm2rec.evaluate import (
+from vlm2rec.metrics import ranking_metrics
+from vlm2rec.ranking import (
     TargetRanks,
     evaluate_views,
     rank_sampled,
@@ -16,7 +17,6 @@ from vlm2rec.evaluate import (
     rank_targets,
     sampled_metrics,
 )
-from vlm2rec.metrics import ranking_metrics
 
 
 def _csr(seen: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,7 +245,7 @@ def test_default_tiling_matches_a_dense_reference(
 def test_small_cpu_tiles_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU tile caps the default blocks; 4 x 3 tiles (dozens of them, partial at both edges)
     in passes of 4 users rank exactly as the dense reference."""
-    import vlm2rec.evaluate as evaluate
+    import vlm2rec.ranking as evaluate
 
     rng = np.random.default_rng(8)
     q = torch.tensor(rng.integers(-2, 3, (9, 2)), dtype=torch.float32)
@@ -342,7 +342,7 @@ def _views(
     return q, views, targets, seen
 
 
-def test_evaluate_views_keys_and_consistency() -> None:
+def test_ranking_views_keys_and_consistency() -> None:
     q, views, targets, seen = _views(4)
     indptr, flat = _csr(seen)
     out = evaluate_views(q, views, targets, indptr, flat, "val", user_batch_size=7, item_chunk=9)
@@ -361,13 +361,13 @@ def test_evaluate_views_keys_and_consistency() -> None:
     assert len(out) == 3 * 7 + len(extra)
 
 
-def test_evaluate_views_fused_only_has_no_diagnostics() -> None:
+def test_ranking_views_fused_only_has_no_diagnostics() -> None:
     q, views, targets, seen = _views(5)
     out = evaluate_views(q, {"both": views["both"]}, targets, *_csr(seen), "test")
     assert set(out) == set(ranking_metrics(torch.ones(1, dtype=torch.long), "test"))
 
 
-def test_evaluate_views_requires_both() -> None:
+def test_ranking_views_requires_both() -> None:
     q, views, targets, seen = _views(6)
     with pytest.raises(ValueError, match="item_views"):
         evaluate_views(q, {"text": views["text"]}, targets, *_csr(seen), "val")
