@@ -6,8 +6,8 @@
     python study/run_search.py --dry-run             # the resolved plan, no training
 
 The study folder is ``<storage>/<name>``: ``leaderboard.parquet``, ``trials/``, ``configs/``,
-``tensorboard/``, ``optuna.db`` and Tune's experiment state (``reference/``, ``search/``). Running the
-same command again resumes an unfinished study, or says that it is finished.
+``tensorboard/``, ``optuna.db``, ``ray.log`` and Tune's experiment state (``reference/``, ``search/``).
+Running the same command again resumes an unfinished study, or says that it is finished.
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> StudyO
     p.add_argument(
         "--skip-preflight", action="store_true", help="autoscaling clusters: don't check resources"
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print what Ray, Train, Tune and the workers print (default: <study>/ray.log "
+        "and Ray's session logs)",
+    )
     return StudyOptions(**vars(p.parse_args(argv)))
 
 
@@ -92,7 +98,8 @@ def _run(options: StudyOptions) -> int:
     with lock.hold(plan.folder.root) as previous:  # one driver per study folder
         if previous is not None:
             print(f"took over the study lock of {previous.describe()}, which is gone", flush=True)
-        cluster, _ = _offered(options.address)
+        log = None if options.verbose else plan.folder.ray_log
+        cluster, _ = _offered(options.address, log)
         fits = 1 if options.skip_preflight else preflight(plan.spec, cluster)
         return _run_on_ray(plan, fits)
 
@@ -110,19 +117,19 @@ def _dry_run(plan: StudyPlan) -> int:
     return 0
 
 
-def _offered(address: str) -> tuple[dict[str, float], str]:
+def _offered(address: str, log: Path | None = None) -> tuple[dict[str, float], str]:
     """What the cluster offers, and where that was counted (printed by the dry run).
 
     A local study starts its own Ray, which will offer exactly this machine: counted without
     starting (or even importing) Ray, so an impossible plan costs nothing. A cluster, or a Ray
-    this process already runs, is asked.
+    this process already runs, is asked (joined quietly, Ray's output to ``log``, unless None).
     """
     ray = sys.modules.get("ray")  # not imported: then this process runs no Ray either
     if address == "local" and not (ray is not None and ray.is_initialized()):
         return local_resources(), " on this machine"
     from study.tune_runner import connect
 
-    return connect(address), ""
+    return connect(address, log), ""
 
 
 def _run_on_ray(plan: StudyPlan, fits: int) -> int:

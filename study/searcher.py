@@ -69,6 +69,10 @@ class StudySearcher(OptunaSearch):
         if isinstance(self.metric, list) or trial_id in self._completed_trials:
             super().on_trial_result(trial_id, result)
             return
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """Tell Optuna the trial's value at the reported epoch, once per epoch."""
         step = int(result.get("epoch", result["training_iteration"]))
         if step <= self._last_steps.get(trial_id, 0):
             return  # a resumed trial re-reports its checkpoint's epoch: Optuna has it already
@@ -84,6 +88,10 @@ class StudySearcher(OptunaSearch):
         study = self._ot_study
         assert study is not None  # made by set_search_properties before the first trial
         state = finished_state(result, str(self.metric), error)
+        if result and state is not TrialState.FAIL:
+            # The report a scheduler stops a trial on reaches only this hook, not
+            # on_trial_result: it is the pruned trial's last intermediate value.
+            self._report(trial_id, result)
         # PRUNED takes no value: Optuna stores the last intermediate value as the trial's.
         value = float(result[self.metric]) if state is TrialState.COMPLETE and result else None
         try:

@@ -29,15 +29,19 @@ def _searcher(db: Path, sampler: optuna.samplers.BaseSampler | None = None) -> S
 
 
 def _run(searcher: StudySearcher, trial_id: str, values: list[float], *, final: bool) -> dict:
-    """Suggest a trial, report one value per epoch; the last report has test/* when ``final``."""
+    """Suggest a trial and report one value per epoch; return the last report (with test/* when
+    ``final``), which, as Tune does with the report its scheduler stops a trial on, goes to
+    ``on_trial_complete`` only."""
     assert searcher.suggest(trial_id) is not None
-    result: dict = {}
-    for epoch, value in enumerate(values, start=1):
-        result = {"epoch": epoch, "training_iteration": epoch, METRIC: value}
-        if final and epoch == len(values):
-            result["test/ndcg@10"] = value
+    results = [
+        {"epoch": epoch, "training_iteration": epoch, METRIC: value}
+        for epoch, value in enumerate(values, start=1)
+    ]
+    if final:
+        results[-1]["test/ndcg@10"] = values[-1]
+    for result in results[:-1]:
         searcher.on_trial_result(trial_id, result)
-    return result
+    return results[-1]
 
 
 def _trials(db: Path) -> list[optuna.trial.FrozenTrial]:
@@ -81,7 +85,7 @@ def test_intermediate_values_are_keyed_by_epoch_across_a_resume(tmp_path: Path) 
     at its real epoch, and re-reports the checkpoint's epoch first."""
     db = tmp_path / "optuna.db"
     searcher = _searcher(db)
-    _run(searcher, "t", [0.2, 0.25], final=False)
+    searcher.on_trial_result("t", _run(searcher, "t", [0.2, 0.25], final=False))
     for iteration, (epoch, value) in enumerate([(2, 0.25), (3, 0.3)], start=1):
         result = {"epoch": epoch, "training_iteration": iteration, METRIC: value}
         searcher.on_trial_result("t", result)
