@@ -206,10 +206,11 @@ def _tuner(
     trainable: Any,
     ctx: StudyContext,
     concurrent: int,
+    terminal: TextIO,
 ) -> tune.Tuner:
     path = folder.root / kind
     if tune.Tuner.can_restore(str(path)):
-        print(f"resuming {path}", flush=True)
+        print(f"resuming {path}", file=terminal, flush=True)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     param_space, tune_config = tune_setup(kind, spec, folder, ctx.study, concurrent)
     run_config = tune.RunConfig(
@@ -390,7 +391,7 @@ def run_study(plan: StudyPlan, fits: int) -> int:
         start = time.perf_counter()
         kinds: list[Kind] = ["reference", "search"] if spec.study.reference else ["search"]
         for kind in kinds:
-            if _fit_interrupted(_tuner(kind, spec, folder, trainable, ctx, concurrent)):
+            if _fit_interrupted(_tuner(kind, spec, folder, trainable, ctx, concurrent, terminal)):
                 rebuild_leaderboard(ctx)  # what finished so far; the study is not marked done
                 print(
                     f"\ninterrupted: rerun the same command to resume study {plan.name}",
