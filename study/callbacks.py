@@ -235,7 +235,7 @@ class StudyRecorder(Callback):
         params = {k: v for k, v in record.params.items() if isinstance(v, int | float | str | bool)}
         params.update({"kind": record.kind, "status": record.status})
         board = self._board(record)
-        board.describe(self._description(record, best))
+        board.describe(self._description(record))
         board.hparams(
             params,
             metrics,
@@ -246,7 +246,7 @@ class StudyRecorder(Callback):
         board.close()
         self._boards.pop(record.trial_id, None)
 
-    def _description(self, record: TrialRecord, best: Mapping[str, float]) -> str:
+    def _description(self, record: TrialRecord) -> str:
         """Markdown: the trial's id, kind, status, params, best epoch and test metrics."""
         lines = [
             f"**{trial_label(record.kind, record.trial_id)}** (Tune trial `{record.trial_id}`, "
@@ -259,7 +259,7 @@ class StudyRecorder(Callback):
         if record.test_metrics:
             lines += [
                 "",
-                f"test split, weights of epoch {int(best.get('epoch', 0))}:",
+                "test split, with the weights of the best checkpoint:",
                 "",
                 "| metric | value |",
                 "| --- | --- |",
