@@ -164,7 +164,8 @@ class StudyRecorder(Callback):
         curves = {k: v for k, v in row.items() if k.startswith(_CURVE_PREFIXES)}
         self._board(record).report(curves, int(row["epoch"]), None)
         label = trial_label(self.kind, trial.trial_id)
-        self._progress().epoch(trial.trial_id, label, int(row["epoch"]), row)
+        seconds = float(result.get("time_total_s", 0.0)) or None
+        self._progress().epoch(trial.trial_id, label, int(row["epoch"]), row, seconds)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)

@@ -9,8 +9,9 @@ experiment. A study's console shows its own lines instead (``study/progress.py``
   lines go to the terminal stream it yields;
 * the loggers of Ray (Tune and Train included) and Optuna write to the log file, and to the
   terminal only from WARNING up, so warnings and errors that ask something of the user still show;
-* except Tune's ERROR with the traceback of a failed trial: the study prints one line for each
-  failed trial itself, naming its error file.
+* except Tune's ERROR with the traceback of a failed trial (the study prints one line for each
+  failed trial itself, naming its error file) and its advice to call ``Tuner.restore`` after
+  Ctrl-C (the study tells the user to rerun its command).
 
 What Ray's worker processes print is not sent to the driver at all: ``tune_runner`` starts or
 joins Ray with ``log_to_driver=False``, and it stays in Ray's session logs. ``--verbose`` skips
@@ -32,8 +33,12 @@ __all__ = ["ROUTED_LOGGERS", "quiet"]
 #: The loggers whose records go to the log file (their children's records pass through them).
 ROUTED_LOGGERS = ("ray", "optuna")
 #: (logger, message start) of records the study reports in its own words: Tune's traceback of a
-#: failed trial (the study prints the error's summary and its error file).
-_SUMMARISED = (("ray.tune.execution.tune_controller", "Trial task failed"),)
+#: failed trial (the study prints the error's summary and its error file), and Tune's advice after
+#: Ctrl-C to call ``Tuner.restore`` (the study says to rerun its command, which does that).
+_SUMMARISED = (
+    ("ray.tune.execution.tune_controller", "Trial task failed"),
+    ("ray.tune.tune", "Experiment has been interrupted"),
+)
 
 
 class _TerminalFilter(logging.Filter):

@@ -6,9 +6,12 @@ One :class:`StudyProgress` per study driver numbers the trials in the order they
     trial 3/9 search-633f2a38  epoch 4/10 | val/ndcg@10 0.4120  train/loss 2.1033
       | best 0.4500 (trial 1 reference) | 2m10s, ~6m40s left
 
-The time left assumes every trial still to come, and every running one, trains all its epochs at
-the rate of this driver's epochs so far: ASHA's early stops make the real end sooner. Ray-free; the
-driver's Tune callback (``study/callbacks.py``) feeds it.
+The time left is the epochs still to train times the seconds a trial has taken per epoch so far
+(its Tune ``time_total_s``, start-up included, over its epochs: summed over the trials), shared by
+the trials that run at once. A running trial is expected to train as many epochs as the finished
+searched trials did on average (ASHA stops most of them early), or all of them once it has passed
+that; a trial still to come, that average (all epochs until a searched trial has finished).
+Ray-free; the driver's Tune callback (``study/callbacks.py``) feeds it.
 """
 
 from __future__ import annotations
@@ -41,14 +44,15 @@ class _Trial:
     number: int  #: k of "trial k/n"
     label: str  #: trial_label()
     epochs: int = 0  #: epochs reported so far
+    seconds: float | None = None  #: the trial's running time at its last report
     finished: bool = False
 
 
 class StudyProgress:
     """Numbers trials, keeps the best value so far and estimates the time left (module docstring).
 
-    ``total`` trials (the reference included) of at most ``epochs`` epochs each; ``metric`` and
-    ``mode`` are the study's. Lines go to ``stream``.
+    ``total`` trials (the reference included) of at most ``epochs`` epochs each, ``concurrent`` at
+    a time; ``metric`` and ``mode`` are the study's. Lines go to ``stream``.
     """
 
     def __init__(
@@ -58,15 +62,16 @@ class StudyProgress:
         epochs: int,
         metric: str,
         mode: str,
+        concurrent: int = 1,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total, self.epochs, self.metric, self.mode = total, epochs, metric, mode
+        self.concurrent = max(1, concurrent)
         self.stream = stream if stream is not None else sys.stdout
         self._clock = clock
         self._started = clock()
         self._trials: dict[str, _Trial] = {}
-        self._new_epochs = 0  #: epochs reported since this driver started: the rate's numerator
         self._best: tuple[float, str] | None = None  #: (value, "trial k label")
 
     # ---- state ------------------------------------------------------------------------------
@@ -76,6 +81,7 @@ class StudyProgress:
         for record in records:
             trial = self._trial(record.trial_id, trial_label(record.kind, record.trial_id))
             trial.epochs = len(record.history)
+            trial.seconds = record.wall_s
             trial.finished = record.status != "completed" or any(
                 k.startswith("test/") for k in (record.history[-1] if record.history else {})
             )
@@ -95,12 +101,19 @@ class StudyProgress:
             self._best = (value, f"trial {trial.number} {trial.label}")
 
     # ---- lines ------------------------------------------------------------------------------
-    def epoch(self, trial_id: str, label: str, epoch: int, metrics: dict[str, float]) -> str:
-        """The line of one report (``metrics``: the reported values), printed and returned."""
+    def epoch(
+        self,
+        trial_id: str,
+        label: str,
+        epoch: int,
+        metrics: dict[str, float],
+        seconds: float | None = None,
+    ) -> str:
+        """The line of one report (``metrics``: the reported values; ``seconds``: the trial's
+        running time so far), printed and returned."""
         trial = self._trial(trial_id, label)
-        if epoch > trial.epochs:  # a resumed trial re-reports its checkpoint's epoch
-            self._new_epochs += epoch - trial.epochs
-            trial.epochs = epoch
+        trial.epochs = max(trial.epochs, epoch)  # a resumed trial re-reports its checkpoint's
+        trial.seconds = seconds if seconds else trial.seconds
         value = metrics.get(self.metric, math.nan)
         self._offer(value, trial)
         loss = metrics.get("train/loss", math.nan)
@@ -124,14 +137,23 @@ class StudyProgress:
         return self._clock() - self._started
 
     def left(self) -> float | None:
-        """Estimated seconds to the study's end (None before this driver's first epoch)."""
-        if self._new_epochs == 0:
+        """Estimated seconds to the study's end (module docstring); None before a trial has
+        reported its running time."""
+        timed = [t for t in self._trials.values() if t.seconds and t.epochs]
+        if not timed:
             return None
-        running = sum(
-            max(self.epochs - t.epochs, 0) for t in self._trials.values() if not t.finished
+        per_epoch = sum(t.seconds or 0.0 for t in timed) / sum(t.epochs for t in timed)
+        searched = [
+            t.epochs for t in self._trials.values() if t.finished and t.label != "reference"
+        ]
+        expected = sum(searched) / len(searched) if searched else self.epochs
+        running = [t for t in self._trials.values() if not t.finished]
+        to_come = max(self.total - len(self._trials), 0)
+        epochs = to_come * expected + sum(
+            (expected if t.epochs < expected else self.epochs) - t.epochs for t in running
         )
-        to_come = max(self.total - len(self._trials), 0) * self.epochs
-        return (running + to_come) * self.elapsed() / self._new_epochs
+        slots = min(self.concurrent, len(running) + to_come) or 1
+        return max(epochs, 0.0) * per_epoch / slots
 
     def _name(self, trial: _Trial) -> str:
         return f"trial {trial.number}/{max(self.total, len(self._trials))} {trial.label}"

@@ -383,7 +383,7 @@ def run_study(plan: StudyPlan, fits: int) -> int:
         started = started and plan.options.address == "local"
         cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
         concurrent = spec.study.max_concurrent_trials or fits
-        progress = _progress(plan, terminal)
+        progress = _progress(plan, concurrent, terminal)
         print(_header(plan, cluster, concurrent, progress.total, log), file=terminal, flush=True)
         follow(folder.root, progress)
         ctx = _context(plan, dataset)
@@ -417,7 +417,7 @@ def run_study(plan: StudyPlan, fits: int) -> int:
     return 0
 
 
-def _progress(plan: StudyPlan, terminal: TextIO) -> StudyProgress:
+def _progress(plan: StudyPlan, concurrent: int, terminal: TextIO) -> StudyProgress:
     """The study's console lines, knowing the trials a previous driver ran (resume)."""
     spec = plan.spec
     s = spec.study
@@ -427,6 +427,7 @@ def _progress(plan: StudyPlan, terminal: TextIO) -> StudyProgress:
         epochs=spec.base_config().train.epochs,
         metric=s.metric,
         mode=s.mode,
+        concurrent=concurrent,
         stream=terminal,
     )
     progress.resume(_known_trials(plan.folder))

@@ -25,11 +25,16 @@ def test_chatter_goes_to_the_log_and_warnings_still_reach_the_terminal(
         logging.getLogger("optuna").info("A new study created in RDB with name: s")
         logging.getLogger("ray.tune").warning("No trial is running: the cluster lacks CPUs")
         tune.error("Trial task failed for trial search_1", exc_info=ValueError("boom"))
+        logging.getLogger("ray.tune.tune").warning(
+            "Experiment has been interrupted, but the most recent state was saved.\n"
+            "Resume experiment with: Tuner.restore(...)"
+        )
         print("trial 1/2 search-a  epoch 1/2", file=terminal)
     print("after")  # the terminal is back
     out, err = capsys.readouterr()
     text = log.read_text()
-    for chatter in ("Configuration for experiment", "worker group", "A new study", "boom"):
+    chatter_seen = ("Configuration for experiment", "worker group", "A new study", "boom", "Tuner.")
+    for chatter in chatter_seen:
         assert chatter in text and chatter not in out + err, chatter
     assert out == "trial 1/2 search-a  epoch 1/2\nafter\n"
     assert "the cluster lacks CPUs" in err and "the cluster lacks CPUs" in text
