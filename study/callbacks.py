@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ from vlm2rec.atomic import atomic_write_text
 from vlm2rec.config import config_hash, to_dict
 from vlm2rec.reporting import TensorBoardReporter
 
-__all__ = ["StudyContext", "StudyRecorder", "follow", "rebuild_leaderboard"]
+__all__ = ["StudyContext", "StudyRecorder", "follow", "hparams_order", "rebuild_leaderboard"]
 
 #: Reported keys kept in a trial's history: the metrics (docs/ARCHITECTURE.md, "One name per
 #: number") and bookkeeping.
@@ -60,6 +60,20 @@ _CURVE_PREFIXES = ("train/", "val/")
 #: study's callbacks from its saved state, so the driver cannot hand a restored recorder its
 #: console; recorders look it up here (:func:`follow`).
 _PROGRESS: dict[str, StudyProgress] = {}
+
+
+def hparams_order(metric: str, names: Iterable[str]) -> tuple[str, ...]:
+    """The hparams table's metric columns: the study ``metric``, its per-view variants, the other
+    ranking metrics (``@k``, ``mrr``, oracles, sampled), then the diagnostics; by name within."""
+
+    def key(name: str) -> tuple[int, str]:
+        part = name.split("/")[1] if "/" in name else name
+        ranking = "@" in name or part == "mrr"
+        return (
+            0 if name == metric else 1 if name.startswith(metric + "/") else 2 if ranking else 3
+        ), name
+
+    return tuple(sorted(set(names) | {metric}, key=key))
 
 
 def follow(study_dir: str | Path, progress: StudyProgress) -> None:
@@ -229,10 +243,7 @@ class StudyRecorder(Callback):
         i = best_epoch_index(record.history, self.ctx.metric, self.ctx.mode)
         best = record.history[i] if i is not None else {}
         metrics = {k: v for k, v in best.items() if k.startswith("val/")}
-        names = self.ctx.hparams_metrics or (
-            self.ctx.metric,
-            *sorted(set(metrics) - {self.ctx.metric}),
-        )
+        names = self.ctx.hparams_metrics or hparams_order(self.ctx.metric, metrics)
         params = {k: v for k, v in record.params.items() if isinstance(v, int | float | str | bool)}
         params.update({"kind": record.kind, "status": record.status})
         board = self._board(record)

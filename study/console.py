@@ -9,9 +9,10 @@ experiment. A study's console shows its own lines instead (``study/progress.py``
   lines go to the terminal stream it yields;
 * the loggers of Ray (Tune and Train included) and Optuna write to the log file, and to the
   terminal only from WARNING up, so warnings and errors that ask something of the user still show;
-* except Tune's ERROR with the traceback of a failed trial (the study prints one line for each
-  failed trial itself, naming its error file) and its advice to call ``Tuner.restore`` after
-  Ctrl-C (the study tells the user to rerun its command).
+* except a few of Tune's that the study says in its own words or that ask nothing of the user
+  (:data:`_LOG_ONLY`): the traceback of a failed trial (the study prints one line for each,
+  naming its error file), the advice to call ``Tuner.restore`` after Ctrl-C, and notes that a
+  result took over 0.5 s to handle.
 
 What Ray's worker processes print is not sent to the driver at all: ``tune_runner`` starts or
 joins Ray with ``log_to_driver=False``, and it stays in Ray's session logs. ``--verbose`` skips
@@ -32,26 +33,27 @@ __all__ = ["ROUTED_LOGGERS", "quiet"]
 
 #: The loggers whose records go to the log file (their children's records pass through them).
 ROUTED_LOGGERS = ("ray", "optuna")
-#: (logger, message start) of records the study reports in its own words: Tune's traceback of a
-#: failed trial (the study prints the error's summary and its error file), and Tune's advice after
-#: Ctrl-C to call ``Tuner.restore`` (the study says to rerun its command, which does that).
-_SUMMARISED = (
+#: (logger, text in the message) of warnings and errors kept off the terminal: Tune's traceback of
+#: a failed trial (the study prints the error's summary and its error file), its advice after
+#: Ctrl-C to call ``Tuner.restore`` (the study says to rerun its command, which does that), and
+#: its notes that handling a result took over 0.5 s (``warn_if_slow``: on a loaded machine the
+#: study's own callback does, when it writes a trial's first files), which ask nothing of the user.
+_LOG_ONLY = (
     ("ray.tune.execution.tune_controller", "Trial task failed"),
     ("ray.tune.tune", "Experiment has been interrupted"),
+    ("ray.tune.utils.util", "may be a performance bottleneck"),
 )
 
 
 class _TerminalFilter(logging.Filter):
     """Lets through to the terminal what a user must see: WARNING and up, but not
-    :data:`_SUMMARISED`."""
+    :data:`_LOG_ONLY`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return False
         message = record.getMessage()
-        return not any(
-            record.name == name and message.startswith(start) for name, start in _SUMMARISED
-        )
+        return not any(record.name == name and text in message for name, text in _LOG_ONLY)
 
 
 def _loggers() -> list[logging.Logger]:

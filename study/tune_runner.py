@@ -29,7 +29,13 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from study.callbacks import StudyContext, StudyRecorder, follow, rebuild_leaderboard
+from study.callbacks import (
+    StudyContext,
+    StudyRecorder,
+    follow,
+    hparams_order,
+    rebuild_leaderboard,
+)
 from study.console import quiet
 from study.driver import TrialPlan, run_trial
 from study.leaderboard import summary
@@ -349,7 +355,7 @@ def _context(plan: StudyPlan, dataset: PreparedDataset) -> StudyContext:
         data_fingerprint=dataset.fingerprint,
         git_sha=_git_sha(),
         versions=_versions(),
-        hparams_metrics=(s.metric, *sorted(val - {s.metric})),
+        hparams_metrics=hparams_order(s.metric, val),
     )
 
 
