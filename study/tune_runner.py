@@ -2,7 +2,7 @@
 
 ``run_search.py`` hands over a checked :class:`~study.plan.StudyPlan` that fits the cluster. Two
 Tune experiments live in one study folder: ``reference/`` (the ``alpha = beta = 0`` baseline, one
-trial, no scheduler, not told to the sampler: docs/METHOD.md §8) and ``search/`` (OptunaSearch +
+trial, no scheduler, not told to the sampler: docs/METHOD.md §8) and ``search/`` (Optuna +
 ASHA). Each is restored with ``Tuner.restore(resume_errored=True)`` when its state exists, so
 rerunning the command after a crash or Ctrl-C continues the study; ``study_done.json`` marks a
 finished study. The Ray behaviour this relies on is in docs/ARCHITECTURE.md ("Ray traps").
