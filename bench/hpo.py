@@ -3,8 +3,9 @@ r"""Does the study's searcher pay off? TPE + ASHA vs random search (+ ASHA) vs r
 Three ways to spend the same budget of training epochs on the default study's space
 (``search_spaces/default.toml``: ``loss.alpha``, ``loss.temperature``, ``loss.beta``):
 
-* ``tpe_asha``: what ``run_search.py`` runs: Ray Tune's ``OptunaSearch`` with optuna's TPE sampler
-  and Tune's ``ASHAScheduler`` on ``epoch`` (the space's ``max_t``, ``grace_period``,
+* ``tpe_asha``: what ``run_search.py`` runs: the study's searcher (``study/searcher.py``: Ray Tune's
+  ``OptunaSearch``, ASHA-stopped trials PRUNED) with optuna's TPE sampler and Tune's
+  ``ASHAScheduler`` on ``epoch`` (the space's ``max_t``, ``grace_period``,
   ``reduction_factor``);
 * ``random_asha``: the same, with optuna's random sampler;
 * ``random``: random sampler, no scheduler (every trial trains ``max_t`` epochs).
@@ -122,8 +123,8 @@ def hpo_trial(params: dict[str, Any], base: dict[str, Any], threads: int) -> Non
 def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[dict[str, Any]]:
     """One Tune run until ``budget`` epochs are reported; every report as ``{trial, epoch, value, params}``."""
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
+    from study.searcher import StudySearcher
     from study.tune_runner import make_scheduler
 
     s = spec.study
@@ -159,7 +160,7 @@ def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[di
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
-            search_alg=OptunaSearch(metric=s.metric, mode=s.mode, sampler=make_sampler(spec)),
+            search_alg=StudySearcher(metric=s.metric, mode=s.mode, sampler=make_sampler(spec)),
             scheduler=make_scheduler(s),
             num_samples=budget,  # every trial spends >= 1 epoch: the budget runs out first
             max_concurrent_trials=1,

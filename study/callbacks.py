@@ -7,23 +7,29 @@ Train checkpoints need shared storage (docs/ARCHITECTURE.md, "Where a study's fi
   atomically after each report, so a killed driver loses nothing;
 * ``configs/<trial_id>.json``: its resolved run config, the input of its reproducing command;
 * ``leaderboard.parquet``: rebuilt from all trial records whenever a trial ends;
-* ``tensorboard/<trial_id>/``: per-epoch scalars under exactly the metric names, and the hparams
-  plugin's summary (searched params + best metrics) when the trial ends.
+* ``tensorboard/<run>/``: one run per trial, named for what it is (``reference``,
+  ``search-<trial id>_alpha=0.312_...``: ``records.run_name``), with the per-epoch curves
+  (``train/*``, ``val/*``) under exactly the metric names; when the trial ends, the hparams
+  plugin's summary (params, kind, status; the study metric first among the metrics), the best
+  epoch's ``val/*`` in the sub-run ``<run>/best`` (the plugin reads its values there) and a
+  description with the test metrics;
+* the console: one line per report and per trial end, on the driver's
+  :class:`~study.progress.StudyProgress`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from ray.tune import Callback
 
 from study.leaderboard import build_rows, write_leaderboard
+from study.progress import StudyProgress
 from study.records import (
     Kind,
     Status,
@@ -32,6 +38,7 @@ from study.records import (
     best_epoch_index,
     plain,
     read_records,
+    trial_label,
     write_record,
 )
 from study.search_space import trial_config
@@ -39,11 +46,40 @@ from vlm2rec.atomic import atomic_write_text
 from vlm2rec.config import config_hash, to_dict
 from vlm2rec.reporting import TensorBoardReporter
 
-__all__ = ["StudyContext", "StudyRecorder", "rebuild_leaderboard"]
+__all__ = ["StudyContext", "StudyRecorder", "follow", "hparams_order", "rebuild_leaderboard"]
 
 #: Reported keys kept in a trial's history: the metrics (docs/ARCHITECTURE.md, "One name per
 #: number") and bookkeeping.
 _KEPT_PREFIXES = ("train/", "val/", "test/", "time/")
+#: Reported keys drawn as TensorBoard curves: the per-epoch metrics. ``time/epoch_s`` stays in the
+#: records, and ``test/*`` (once per trial) goes to the run's description: TensorBoard's time
+#: series opens the first two groups of cards, which are then ``train`` and ``val``.
+_CURVE_PREFIXES = ("train/", "val/")
+
+#: The console of each study this process drives, by study folder. Tune restores a resumed
+#: study's callbacks from its saved state, so the driver cannot hand a restored recorder its
+#: console; recorders look it up here (:func:`follow`).
+_PROGRESS: dict[str, StudyProgress] = {}
+
+
+def hparams_order(metric: str, names: Iterable[str]) -> tuple[str, ...]:
+    """The hparams table's metric columns: the study ``metric``, its per-view variants, the other
+    ranking metrics (``@k``, ``mrr``, oracles, sampled), then the diagnostics; by name within."""
+
+    def key(name: str) -> tuple[int, str]:
+        part = name.split("/")[1] if "/" in name else name
+        ranking = "@" in name or part == "mrr"
+        return (
+            0 if name == metric else 1 if name.startswith(metric + "/") else 2 if ranking else 3
+        ), name
+
+    return tuple(sorted(set(names) | {metric}, key=key))
+
+
+def follow(study_dir: str | Path, progress: StudyProgress) -> None:
+    """Print the reports of the study in ``study_dir`` on ``progress`` (its recorders in this
+    process, restored ones included)."""
+    _PROGRESS[str(Path(study_dir))] = progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +96,9 @@ class StudyContext:
     data_fingerprint: str  #: meta.json fingerprint of the dataset
     git_sha: str | None  #: code version of the driver
     versions: dict[str, str]  #: torch, transformers, ray, optuna
+    #: the hparams table's metric columns (``val/*``, the study metric first); empty in the state
+    #: of a study started before they were recorded (the recorder then uses each trial's own)
+    hparams_metrics: tuple[str, ...] = ()
 
     @property
     def folder(self) -> StudyFolder:
@@ -136,13 +175,11 @@ class StudyRecorder(Callback):
         if result.get("checkpoint_path"):
             record = dataclasses.replace(record, checkpoint_path=str(result["checkpoint_path"]))
         write_record(self.ctx.folder, record)
-        self._board(trial.trial_id).report(row, int(row["epoch"]), None)
-        value = row.get(self.ctx.metric, math.nan)
-        print(
-            f"[{self.kind} {trial.trial_id}] epoch {int(row['epoch'])}  {self.ctx.metric} {value:.4f}"
-            f"  train/loss {row.get('train/loss', math.nan):.4f}",
-            flush=True,
-        )
+        curves = {k: v for k, v in row.items() if k.startswith(_CURVE_PREFIXES)}
+        self._board(record).report(curves, int(row["epoch"]), None)
+        label = trial_label(self.kind, trial.trial_id)
+        seconds = float(result.get("time_total_s", 0.0)) or None
+        self._progress().epoch(trial.trial_id, label, int(row["epoch"]), row, seconds)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
@@ -156,37 +193,91 @@ class StudyRecorder(Callback):
         error_file = getattr(trial, "error_file", None)
         text = Path(error_file).read_text() if error_file and Path(error_file).exists() else ""
         error = _error_summary(text) or "trial failed (no error file)"
-        self._finish(dataclasses.replace(self._record(trial), status="error", error=error))
+        record = dataclasses.replace(self._record(trial), status="error", error=error)
+        self._finish(record, f" (full error: {error_file})" if text else "")
 
-    def _finish(self, record: TrialRecord) -> None:
-        print(
-            f"[{self.kind} {record.trial_id}] {record.status}"
-            + (f": {record.error}" if record.error else ""),
-            flush=True,
-        )
+    def _finish(self, record: TrialRecord, where: str = "") -> None:
         write_record(self.ctx.folder, record)
         self._hparams(record)
         rebuild_leaderboard(self.ctx)
+        label = trial_label(record.kind, record.trial_id)
+        self._progress().finished(record.trial_id, label, self._ending(record) + where)
+
+    def _ending(self, record: TrialRecord) -> str:
+        """How a trial ended, in words: its status, its last epoch and its best value."""
+        if record.status == "error":
+            return f"error: {record.error}"
+        i = best_epoch_index(record.history, self.ctx.metric, self.ctx.mode)
+        best = (
+            f"best {self.ctx.metric} {record.history[i][self.ctx.metric]:.4f} at epoch "
+            f"{int(record.history[i]['epoch'])}"
+            if i is not None
+            else f"no {self.ctx.metric} reported"
+        )
+        last = int(record.history[-1]["epoch"]) if record.history else 0
+        if record.status == "stopped_early":
+            return f"stopped early after epoch {last}: {best}"
+        return f"completed: {best}"
+
+    def _progress(self) -> StudyProgress:
+        """The console of this study (:func:`follow`); one of its own when nobody set one."""
+        key = str(Path(self.ctx.study_dir))
+        if key not in _PROGRESS:
+            epochs = int(self.ctx.base.get("train", {}).get("epochs", 0))
+            _PROGRESS[key] = StudyProgress(
+                total=0, epochs=epochs, metric=self.ctx.metric, mode=self.ctx.mode
+            )
+        return _PROGRESS[key]
 
     # ---- TensorBoard ------------------------------------------------------------------------
-    def _board(self, trial_id: str) -> TensorBoardReporter:
-        if trial_id not in self._boards:
-            self._boards[trial_id] = TensorBoardReporter(self.ctx.folder.tensorboard / trial_id)
-        return self._boards[trial_id]
+    def _board(self, record: TrialRecord) -> TensorBoardReporter:
+        if record.trial_id not in self._boards:
+            run = self.ctx.folder.tensorboard_run(record.kind, record.trial_id, record.params)
+            self._boards[record.trial_id] = TensorBoardReporter(run)
+        return self._boards[record.trial_id]
 
     def _hparams(self, record: TrialRecord) -> None:
-        """The hparams plugin's summary: params, kind and status, and the best epoch's metrics
-        (none for a trial that failed before its first report: it still shows up, as an error)."""
+        """The hparams plugin's summary: params, kind and status, and the best epoch's ``val/*``
+        (none for a trial that failed before its first report: it still shows up, as failed);
+        the run's description says what the trial was, how it ended and its test metrics."""
         i = best_epoch_index(record.history, self.ctx.metric, self.ctx.mode)
         best = record.history[i] if i is not None else {}
-        metrics = {f"best/{k}": v for k, v in best.items() if k.startswith("val/")}
-        metrics.update({f"best/{k}": v for k, v in (record.test_metrics or {}).items()})
+        metrics = {k: v for k, v in best.items() if k.startswith("val/")}
+        names = self.ctx.hparams_metrics or hparams_order(self.ctx.metric, metrics)
         params = {k: v for k, v in record.params.items() if isinstance(v, int | float | str | bool)}
         params.update({"kind": record.kind, "status": record.status})
-        board = self._board(record.trial_id)
-        board.hparams(params, metrics, int(best.get("epoch", 0)))
+        board = self._board(record)
+        board.describe(self._description(record))
+        board.hparams(
+            params,
+            metrics,
+            int(best.get("epoch", 0)),
+            metric_names=names,
+            failed=record.status == "error",
+        )
         board.close()
         self._boards.pop(record.trial_id, None)
+
+    def _description(self, record: TrialRecord) -> str:
+        """Markdown: the trial's id, kind, status, params, best epoch and test metrics."""
+        lines = [
+            f"**{trial_label(record.kind, record.trial_id)}** (Tune trial `{record.trial_id}`, "
+            f"{record.kind}): {self._ending(record)}",
+            "",
+            "| parameter | value |",
+            "| --- | --- |",
+            *(f"| `{k}` | {v} |" for k, v in record.params.items()),
+        ]
+        if record.test_metrics:
+            lines += [
+                "",
+                "test split, with the weights of the best checkpoint:",
+                "",
+                "| metric | value |",
+                "| --- | --- |",
+                *(f"| `{k}` | {v:.4f} |" for k, v in sorted(record.test_metrics.items())),
+            ]
+        return "\n".join(lines)
 
 
 def _error_summary(text: str) -> str:

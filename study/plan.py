@@ -83,6 +83,7 @@ class StudyOptions:
     max_concurrent: int | None = None  #: overrides [study].max_concurrent_trials
     dry_run: bool = False  #: print the resolved plan and the preflight, train nothing
     skip_preflight: bool = False  #: autoscaling clusters: don't check resources
+    verbose: bool = False  #: Ray's, Train's and Tune's own output on the terminal too
 
 
 @dataclasses.dataclass(frozen=True)

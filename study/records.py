@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
@@ -41,6 +42,8 @@ __all__ = [
     "plain",
     "read_records",
     "record_columns",
+    "run_name",
+    "trial_label",
     "write_record",
 ]
 
@@ -197,6 +200,15 @@ class StudyFolder:
         return self.root / "tensorboard"
 
     @property
+    def ray_log(self) -> Path:
+        """What Ray, Tune and Optuna print and log on the study driver (unless ``--verbose``)."""
+        return self.root / "ray.log"
+
+    def tensorboard_run(self, kind: Kind, trial_id: str, params: Mapping[str, Any]) -> Path:
+        """The trial's TensorBoard run folder (:func:`run_name`)."""
+        return self.tensorboard / run_name(kind, trial_id, params)
+
+    @property
     def optuna_db(self) -> Path:
         """The Optuna study of the search trials (SQLite)."""
         return self.root / "optuna.db"
@@ -218,6 +230,33 @@ class StudyFolder:
     def config(self, trial_id: str) -> Path:
         """The trial's resolved run config: ``vlm2rec.cli train --config`` re-runs it without Ray."""
         return self.root / "configs" / f"{trial_id}.json"
+
+
+def trial_label(kind: Kind, trial_id: str) -> str:
+    """What the console and TensorBoard call a trial: ``reference`` (a study has one) or
+    ``search-<trial id>``."""
+    return "reference" if kind == "reference" else f"search-{trial_id}"
+
+
+def run_name(kind: Kind, trial_id: str, params: Mapping[str, Any]) -> str:
+    """A trial's TensorBoard run name: its :func:`trial_label`, and for a searched trial its
+    parameters, each by the last part of its path unless two share it (3 significant digits):
+    ``search-633f2a38_alpha=0.312_temperature=0.0512_beta=0.2``. Only file-name-safe characters."""
+    label = trial_label(kind, trial_id)
+    if kind == "reference":
+        return label
+    last = [path.rsplit(".", 1)[-1] for path in params]
+    parts = [
+        f"{short if last.count(short) == 1 else path}={_short(value)}"
+        for path, short, value in zip(params, last, params.values(), strict=True)
+    ]
+    return re.sub(r"[^\w.=+@-]", "-", "_".join([label, *parts]))
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
 
 
 def write_record(folder: StudyFolder, record: TrialRecord) -> Path:

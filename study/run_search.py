@@ -8,11 +8,11 @@
         --dataset data/sports18                      # one study per dataset, one merged table
 
 The study folder is ``<storage>/<name>``: ``leaderboard.parquet``, ``trials/``, ``configs/``,
-``tensorboard/``, ``optuna.db`` and Tune's experiment state (``reference/``, ``search/``). Running the
-same command again resumes an unfinished study, or says that it is finished. Several ``--space``
-files, or a ``[study].datasets`` list (``--dataset``), run several studies one after another
-(``<name>-<dataset folder>`` for a dataset's), ending with their leaderboards merged into
-``<storage>/<names joined by +>.parquet``.
+``tensorboard/``, ``optuna.db``, ``ray.log`` and Tune's experiment state (``reference/``,
+``search/``). Running the same command again resumes an unfinished study, or says that it is
+finished. Several ``--space`` files, or a ``[study].datasets`` list (``--dataset``), run several
+studies one after another (``<name>-<dataset folder>`` for a dataset's), ending with their
+leaderboards merged into ``<storage>/<names joined by +>.parquet``.
 """
 
 from __future__ import annotations
@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> StudyO
     p.add_argument(
         "--skip-preflight", action="store_true", help="autoscaling clusters: don't check resources"
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print what Ray, Train, Tune and the workers print (default: <study>/ray.log "
+        "and Ray's session logs)",
+    )
     args = vars(p.parse_args(argv))
     args["spaces"] = tuple(args["spaces"] or (DEFAULT_SPACE,))
     args["datasets"] = None if args["datasets"] is None else tuple(args["datasets"])
@@ -141,7 +147,8 @@ def _run_pending(options: StudyOptions, plans: list[StudyPlan]) -> int:
                 print(
                     f"took over the study lock of {previous.describe()}, which is gone", flush=True
                 )
-        cluster, _ = _offered(options.address)
+        log = None if options.verbose else plans[0].folder.ray_log  # Ray's lines: its file
+        cluster, _ = _offered(options.address, log)
         fits = [1 if options.skip_preflight else preflight(p.spec, cluster) for p in plans]
         return _run_on_ray(plans, fits)
 
@@ -185,19 +192,19 @@ def _write_merged(plans: list[StudyPlan]) -> None:
     print(format_table(table, metric, top=5), flush=True)
 
 
-def _offered(address: str) -> tuple[dict[str, float], str]:
+def _offered(address: str, log: Path | None = None) -> tuple[dict[str, float], str]:
     """What the cluster offers, and where that was counted (printed by the dry run).
 
     A local study starts its own Ray, which will offer exactly this machine: counted without
     starting (or even importing) Ray, so an impossible plan costs nothing. A cluster, or a Ray
-    this process already runs, is asked.
+    this process already runs, is asked (joined quietly, Ray's output to ``log``, unless None).
     """
     ray = sys.modules.get("ray")  # not imported: then this process runs no Ray either
     if address == "local" and not (ray is not None and ray.is_initialized()):
         return local_resources(), " on this machine"
     from study.tune_runner import connect
 
-    return connect(address), ""
+    return connect(address, log), ""
 
 
 def _run_on_ray(plans: list[StudyPlan], fits: list[int]) -> int:

@@ -2,7 +2,7 @@
 
 ``run_search.py`` hands over a checked :class:`~study.plan.StudyPlan` that fits the cluster. Two
 Tune experiments live in one study folder: ``reference/`` (the ``alpha = beta = 0`` baseline, one
-trial, no scheduler, not told to the sampler: docs/METHOD.md §8) and ``search/`` (OptunaSearch +
+trial, no scheduler, not told to the sampler: docs/METHOD.md §8) and ``search/`` (Optuna +
 ASHA). Each is restored with ``Tuner.restore(resume_errored=True)`` when its state exists, so
 rerunning the command after a crash or Ctrl-C continues the study; ``study_done.json`` marks a
 finished study. The Ray behaviour this relies on is in docs/ARCHITECTURE.md ("Ray traps").
@@ -10,6 +10,7 @@ finished study. The Ray behaviour this relies on is in docs/ARCHITECTURE.md ("Ra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,23 +23,32 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
 
-from study.callbacks import StudyContext, StudyRecorder, rebuild_leaderboard
+from study.callbacks import (
+    StudyContext,
+    StudyRecorder,
+    follow,
+    hparams_order,
+    rebuild_leaderboard,
+)
+from study.console import quiet
 from study.driver import TrialPlan, run_trial
 from study.leaderboard import summary
 from study.plan import DRIVER_CPUS, EXIT_INTERRUPTED, PreflightError, StudyPlan
-from study.records import VERSION_PACKAGES, Kind, StudyFolder
+from study.progress import StudyProgress
+from study.records import VERSION_PACKAGES, Kind, StudyFolder, TrialRecord, read_records
 from study.search_space import SearchSpec, StudySettings, make_sampler, to_tune_param_space
+from study.searcher import StudySearcher
 from vlm2rec.atomic import atomic_write_text
 from vlm2rec.config import to_dict
 from vlm2rec.data.prepare import ensure_dataset
 from vlm2rec.data.schema import PreparedDataset
+from vlm2rec.metric_names import eval_metric_names
 
 __all__ = [
     "AUTH_MODE",
@@ -138,26 +148,35 @@ def use_auth_mode() -> str:
     return mode
 
 
-def connect(address: str) -> dict[str, float]:
-    """Join the Ray at ``address`` (or start a local one) and return what it offers."""
-    _start(address)
+def connect(address: str, log: Path | None = None) -> dict[str, float]:
+    """Join the Ray at ``address`` (or start a local one) and return what it offers. With a
+    ``log`` file, quietly (``study/console.py``): Ray's own lines go there, and its workers'
+    output is not forwarded to this process."""
+    with _console(log):
+        _start(address, log_to_driver=log is None)
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
-def _start(address: str) -> bool:
+def _console(log: Path | None) -> contextlib.AbstractContextManager[TextIO]:
+    """:func:`study.console.quiet` into ``log``, or the terminal as it is (None: ``--verbose``)."""
+    return contextlib.nullcontext(sys.stdout) if log is None else quiet(log)
+
+
+def _start(address: str, log_to_driver: bool = True) -> bool:
     """Start a local Ray (dashboard on 127.0.0.1: Train needs it to free stopped trials' workers,
     docs/ARCHITECTURE.md) or join a cluster, unless this process is already connected; True if
-    this call started it."""
+    this call started it. ``log_to_driver=False``: what Ray's workers print stays in Ray's
+    session logs instead of being printed by this process."""
     for key, value in STUDY_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return False
     mode = use_auth_mode()
     if address == "local":
-        start_local_ray()
+        start_local_ray(log_to_driver=log_to_driver)
         return True
     try:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=log_to_driver)
     except ray.exceptions.AuthenticationError as exc:
         raise PreflightError(
             f"--address {address}: Ray's token authentication failed (RAY_AUTH_MODE={mode}): "
@@ -194,10 +213,11 @@ def _tuner(
     trainable: Any,
     ctx: StudyContext,
     concurrent: int,
+    terminal: TextIO,
 ) -> tune.Tuner:
     path = folder.root / kind
     if tune.Tuner.can_restore(str(path)):
-        print(f"resuming {path}", flush=True)
+        print(f"resuming {path}", file=terminal, flush=True)
         return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     param_space, tune_config = tune_setup(kind, spec, folder, ctx.study, concurrent)
     run_config = tune.RunConfig(
@@ -234,7 +254,7 @@ def tune_setup(
             max_concurrent_trials=concurrent,
             time_budget_s=s.time_budget_s or None,
         )
-    searcher = OptunaSearch(
+    searcher = StudySearcher(
         metric=s.metric,
         mode=s.mode,
         sampler=make_sampler(spec),
@@ -322,6 +342,9 @@ def _fit_interrupted(tuner: tune.Tuner) -> bool:
 
 def _context(plan: StudyPlan, dataset: PreparedDataset) -> StudyContext:
     s = plan.spec.study
+    cfg = plan.spec.base_config()
+    synthetic = cfg.data.synthetic if dataset.meta.get("name") == "synthetic" else None
+    val = eval_metric_names(cfg.eval, "val", cfg.data.history_length, synthetic)
     return StudyContext(
         study=plan.name,
         study_dir=str(plan.folder.root),
@@ -333,6 +356,7 @@ def _context(plan: StudyPlan, dataset: PreparedDataset) -> StudyContext:
         data_fingerprint=dataset.fingerprint,
         git_sha=_git_sha(),
         versions=_versions(),
+        hparams_metrics=hparams_order(s.metric, val),
     )
 
 
@@ -371,7 +395,8 @@ def run_studies(plans: list[StudyPlan], fits: list[int]) -> int:
         return 0
     finally:
         if address == "local" and not was_up and ray.is_initialized():
-            ray.shutdown()
+            with _console(None if plans[0].options.verbose else plans[0].folder.ray_log):
+                ray.shutdown()
 
 
 def run_study(plan: StudyPlan, fits: int, dataset: PreparedDataset) -> int:
@@ -382,21 +407,27 @@ def run_study(plan: StudyPlan, fits: int, dataset: PreparedDataset) -> int:
     # With Tune's file loggers off (our records replace them) its result grid warns once per trial
     # that result.json is missing: true and expected.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    _start(plan.options.address)
-    cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
-    print(
-        "cluster:", {k: v for k, v in cluster.items() if k in ("CPU", "GPU", "driver")}, flush=True
-    )
-    ctx = _context(plan, dataset)
-    trainable = _trainable(plan, cluster)
-    concurrent = spec.study.max_concurrent_trials or fits
-    start = time.perf_counter()
-    kinds: list[Kind] = ["reference", "search"] if spec.study.reference else ["search"]
-    for kind in kinds:
-        if _fit_interrupted(_tuner(kind, spec, folder, trainable, ctx, concurrent)):
-            rebuild_leaderboard(ctx)  # what finished so far; the study is not marked done
-            print(f"\ninterrupted: rerun the same command to resume study {plan.name}", flush=True)
-            return EXIT_INTERRUPTED
+    log = None if plan.options.verbose else folder.ray_log
+    with _console(log) as terminal:
+        _start(plan.options.address, log_to_driver=log is None)
+        cluster = {k: float(v) for k, v in ray.cluster_resources().items()}
+        concurrent = spec.study.max_concurrent_trials or fits
+        progress = _progress(plan, concurrent, terminal)
+        print(_header(plan, cluster, concurrent, progress.total, log), file=terminal, flush=True)
+        follow(folder.root, progress)
+        ctx = _context(plan, dataset)
+        trainable = _trainable(plan, cluster)
+        start = time.perf_counter()
+        kinds: list[Kind] = ["reference", "search"] if spec.study.reference else ["search"]
+        for kind in kinds:
+            if _fit_interrupted(_tuner(kind, spec, folder, trainable, ctx, concurrent, terminal)):
+                rebuild_leaderboard(ctx)  # what finished so far; the study is not marked done
+                print(
+                    f"\ninterrupted: rerun the same command to resume study {plan.name}",
+                    file=terminal,
+                    flush=True,
+                )
+                return EXIT_INTERRUPTED
     rebuild_leaderboard(ctx)
     for number in fail_orphaned_optuna_trials(folder.optuna_db, plan.name):
         print(f"optuna: trial {number} was left RUNNING by a killed driver; marked FAIL")
@@ -408,3 +439,73 @@ def run_study(plan: StudyPlan, fits: int, dataset: PreparedDataset) -> int:
 
     try_write_report(folder.root)  # a plotting failure is a printed warning, never a failed study
     return 0
+
+
+def _progress(plan: StudyPlan, concurrent: int, terminal: TextIO) -> StudyProgress:
+    """The study's console lines, knowing the trials a previous driver ran (resume)."""
+    spec = plan.spec
+    s = spec.study
+    searched = len(s.seeds) if spec.seeds_only else s.num_samples
+    progress = StudyProgress(
+        total=int(s.reference) + searched,
+        epochs=spec.base_config().train.epochs,
+        metric=s.metric,
+        mode=s.mode,
+        concurrent=concurrent,
+        stream=terminal,
+    )
+    progress.resume(_known_trials(plan.folder))
+    return progress
+
+
+def _known_trials(folder: StudyFolder) -> list[TrialRecord]:
+    """The study's records, the reference first, then in the order the trials first reported
+    (when their config file was written)."""
+
+    def first_report(record: TrialRecord) -> tuple[bool, int]:
+        config = folder.config(record.trial_id)
+        return record.kind != "reference", config.stat().st_mtime_ns if config.exists() else 0
+
+    return sorted(read_records(folder), key=first_report)
+
+
+def _header(
+    plan: StudyPlan, cluster: dict[str, float], concurrent: int, total: int, log: Path | None
+) -> str:
+    """The lines after the plan: the Ray it runs on, the trials, where Ray's own output goes."""
+    s = plan.spec.study
+    offered = ", ".join(f"{k} {v:g}" for k, v in cluster.items() if k in ("CPU", "GPU", "driver"))
+    searched = total - int(s.reference)
+    where = (
+        "here (--verbose)"
+        if log is None
+        else f"{log} (driver), {_session_logs()} (workers); --verbose prints it here"
+    )
+    return "\n".join(
+        [
+            f"ray:            {plan.options.address}, {offered}{_dashboard()}",
+            f"trials:         {'reference + ' if s.reference else ''}{searched} searched, "
+            f"{plan.spec.base_config().train.epochs} epochs at most, {concurrent} at a time",
+            f"ray's output:   {where}",
+        ]
+    )
+
+
+def _dashboard() -> str:
+    """``, dashboard http://...`` of the Ray this process is connected to, or nothing."""
+    url = getattr(_local_node(), "webui_url", None)
+    return f", dashboard {url if '://' in url else 'http://' + url}" if url else ""
+
+
+def _session_logs() -> str:
+    """The folder of this Ray's session logs on this machine (every node has its own)."""
+    node = _local_node()
+    if node is None:
+        return "Ray's session logs (/tmp/ray/session_*/logs on each node)"
+    return str(Path(node.get_session_dir_path()) / "logs")
+
+
+def _local_node() -> Any:
+    """Ray's object for this machine's node of the connected Ray (private, pinned:
+    docs/ARCHITECTURE.md), or None (a Ray Client connection has none)."""
+    return getattr(ray._private.worker, "_global_node", None)

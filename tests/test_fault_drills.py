@@ -293,8 +293,8 @@ def test_worker_killed_mid_epoch_resumes_and_nan_trial_is_an_error_row(
     assert good["status"] == "completed" and good["epochs"] == 2 and good["rank"] == 1
     assert 0.0 <= good["test/ndcg@10"] <= 1.0
     # Resumed from epoch 1's checkpoint, not from scratch: epoch 1 was reported exactly once.
-    assert text.count(f"[search {good['trial_id']}] epoch 1 ") == 1, text
-    assert text.count(f"[search {good['trial_id']}] epoch 2 ") == 1, text
+    assert text.count(f" search-{good['trial_id']}  epoch 1/") == 1, text
+    assert text.count(f" search-{good['trial_id']}  epoch 2/") == 1, text
     assert bad["status"] == "error" and "non-finite loss" in bad["error"], bad["error"]
     assert bad["rank"] is None
     print(f"drill worker-kill + NaN: {time.perf_counter() - t0:.0f} s")
@@ -356,8 +356,8 @@ def test_driver_sigkill_then_ctrl_c_then_rerun_runs_every_trial_once(
     # Finished trials were not re-run: records byte-identical, no new epoch lines for them.
     assert (study_dir / "trials" / f"{ref_id}.json").read_bytes() == ref_bytes
     assert (study_dir / "trials" / f"{first_id}.json").read_bytes() == first_bytes
-    assert f"[reference {ref_id}] epoch" not in text[marks:]
-    assert f"[search {first_id}] epoch" not in text[marks:]
+    assert " reference  epoch" not in text[marks:]
+    assert f" search-{first_id}  epoch" not in text[marks:]
     t_end = time.perf_counter()
     print(
         f"drill driver SIGKILL: {t_kill - t0:.0f} s to the kill; Ctrl-C run {t_int - t_kill:.0f} s;"

@@ -18,6 +18,8 @@ RAY_FREE = (
     "leaderboard",
     "plan",
     "lock",
+    "progress",
+    "console",
     "run_search",
     "report",
     "confirm",

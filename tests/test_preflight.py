@@ -391,7 +391,9 @@ def test_seeds_only_tune_setup_has_no_searcher_and_no_scheduler(tmp_path: Path) 
     _write(tmp_path)  # a searched parameter: Optuna again, with its database
     folder.root.mkdir(parents=True)
     space, config = tune_setup("search", load_search_spec(tmp_path / "space.toml"), folder, "pf", 1)
-    assert type(config.search_alg).__name__ == "OptunaSearch" and list(space) == ["loss.alpha"]
+    from study.searcher import StudySearcher
+
+    assert isinstance(config.search_alg, StudySearcher) and list(space) == ["loss.alpha"]
     assert folder.optuna_db.exists()
 
 

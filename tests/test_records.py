@@ -22,6 +22,7 @@ from study.records import (
     plain,
     read_records,
     record_columns,
+    run_name,
     write_record,
 )
 from vlm2rec.atomic import atomic_write_text
@@ -94,6 +95,20 @@ def test_folder_layout_and_record_files(tmp_path: Path) -> None:
     assert sorted(os.listdir(folder.trials)) == ["t0.json", "t1.json"]  # no temp files left
     assert folder.config("t1") == tmp_path / "s" / "configs" / "t1.json"
     assert (folder.leaderboard.name, folder.done.name) == ("leaderboard.parquet", "study_done.json")
+
+
+def test_tensorboard_runs_say_what_the_trial_is() -> None:
+    """Run names show the reference apart from searched trials, and a searched trial's params:
+    each by its last path part, unless two share it."""
+    params = {"loss.alpha": 0.31234, "loss.temperature": 0.05, "optim.lr": 1e-3, "sched.lr": 2}
+    assert run_name("search", "633f2a38", params) == (
+        "search-633f2a38_alpha=0.312_temperature=0.05_optim.lr=0.001_sched.lr=2"
+    )
+    assert run_name("reference", "d2221_00000", {"loss.alpha": 0.0}) == "reference"
+    assert run_name("search", "a", {"data.name": "x y/z"}) == "search-a_name=x-y-z"  # a file name
+    folder = StudyFolder(Path("/s"))
+    assert folder.tensorboard_run("reference", "r", {}) == Path("/s/tensorboard/reference")
+    assert folder.ray_log == Path("/s/ray.log")
 
 
 def test_atomic_write_gives_plain_permissions(tmp_path: Path) -> None:

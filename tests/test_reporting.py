@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from tb_hparams import hparams_table
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from vlm2rec.reporting import (
@@ -75,6 +76,34 @@ def test_tensorboard_keeps_tags_verbatim(tmp_path: Path) -> None:
     events = acc.Scalars("val/ndcg@10")
     assert [ev.step for ev in events] == [1, 2, 3]
     assert [ev.value for ev in events] == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_hparams_leads_with_the_given_metric_and_adds_no_cards(tmp_path: Path) -> None:
+    """The summary's values go to the sub-run ``best`` under the curves' own tags (one marked
+    point per curve, no single-point cards of their own), and the table's metric columns come
+    in the order given, whatever their names."""
+    run = tmp_path / "tb" / "search-a"
+    rep = TensorBoardReporter(run)
+    for e in (1, 2, 3):
+        rep.report(_epoch(e), e, None)
+    best = {"val/ndcg@10": 0.2, "val/recall@20": 0.4}
+    rep.hparams(
+        {"loss.alpha": 0.5, "kind": "search"},
+        best,
+        2,
+        metric_names=["val/recall@20", "val/ndcg@10"],
+    )
+    rep.close()
+    columns, values = hparams_table(tmp_path / "tb")
+    assert columns == ["val/recall@20", "val/ndcg@10"]  # as given, not sorted
+    assert values == {"search-a": pytest.approx(best)}
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == set(_epoch(1)) - {"epoch"}  # the curves only
+    sub = EventAccumulator(str(run / "best"))
+    sub.Reload()
+    assert set(sub.Tags()["scalars"]) == set(best) <= set(acc.Tags()["scalars"])
+    assert [ev.step for ev in sub.Scalars("val/ndcg@10")] == [2]
 
 
 class _Recorder:

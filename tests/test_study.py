@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -150,21 +151,52 @@ def test_failing_trials_are_error_rows_and_the_study_goes_on(finished_study: Pat
     assert sorted(r["rank"] for r in rows if r["rank"] is not None) == [1, 2, 3]
 
 
-def test_tensorboard_runs_have_scalars_and_hparams(finished_study: Path) -> None:
+def test_tensorboard_runs_say_what_they_are_and_compare_at_a_glance(finished_study: Path) -> None:
+    """Runs are named reference / search-<id>_<params>; the time series holds the per-epoch
+    curves only (one-value summaries are in hparams, read from each run's best/ sub-run); the
+    hparams table leads with the study metric and shows the leaderboard's best values."""
+    from tb_hparams import hparams_table
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
     mux = EventMultiplexer()
     mux.AddRunsFromDirectory(str(finished_study / "tensorboard"))
     mux.Reload()
-    runs = mux.Runs()
-    assert len(runs) == 5
+    runs = [r for r in mux.Runs() if "/" not in r]
+    assert len(runs) == 5 and "reference" in runs
+    number = r"[0-9.e+-]+"
+    search = [r for r in runs if r != "reference"]
+    assert all(re.fullmatch(rf"search-\w+_alpha={number}_lr={number}", r) for r in search), runs
     completed = [r for r in runs if "val/ndcg@10" in mux.GetAccumulator(r).Tags()["scalars"]]
     assert len(completed) >= 2  # reference + at least one searched trial reported epochs
     for run in completed:
-        tags = mux.GetAccumulator(run).Tags()["scalars"]
-        assert {"train/loss", "val/ndcg@10/text", "val/modality_balance"} <= set(tags)
-    hparams = mux.PluginRunToTagToContent("hparams")
-    assert len(hparams) == 5  # every trial, the failed ones and the reference included
+        tags = set(mux.GetAccumulator(run).Tags()["scalars"])
+        assert {"train/loss", "val/ndcg@10/text", "val/modality_balance"} <= tags
+        assert all(t.startswith(("train/", "val/")) for t in tags), tags  # curves only
+        assert set(mux.GetAccumulator(f"{run}/best").Tags()["scalars"]) <= tags
+        assert "description" in "".join(mux.GetAccumulator(run).Tags()["tensors"])
+    assert len(mux.PluginRunToTagToContent("hparams")) == 5  # every trial, failed ones too
+    columns, values = hparams_table(finished_study / "tensorboard")
+    assert columns[0] == "val/ndcg@10" and "val/anisotropy_image" in columns[1:]
+    rows = pq.read_table(finished_study / "leaderboard.parquet").to_pylist()
+    ref = next(r for r in rows if r["kind"] == "reference")
+    assert values["reference"]["val/ndcg@10"] == pytest.approx(ref["val/ndcg@10"])
+
+
+def test_optuna_db_states_follow_the_trial_records(finished_study: Path) -> None:
+    """A trial ASHA stopped is PRUNED in optuna.db (not COMPLETE), with its per-epoch values."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{finished_study}/optuna.db")
+    assert study.metric_names == ["val/ndcg@10"]
+    trials = {(t.params["loss.alpha"], t.params["optim.lr"]): t for t in study.trials}
+    rows = pq.read_table(finished_study / "leaderboard.parquet").to_pylist()
+    expected = {"completed": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED}
+    for row in (r for r in rows if r["kind"] == "search"):
+        trial = trials[(row["param.loss.alpha"], row["param.optim.lr"])]
+        assert trial.state is expected.get(row["status"], TrialState.FAIL), row["status"]
+        if row["status"] != "error":
+            assert sorted(trial.intermediate_values) == list(range(1, row["epochs"] + 1))
 
 
 def test_the_study_report_is_written(finished_study: Path) -> None:

@@ -108,24 +108,104 @@ class TensorBoardReporter:
     def __init__(self, log_dir: str | Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def report(self, metrics: Mapping[str, float], step: int, checkpoint_dir: Path | None) -> None:
-        for key, value in metrics.items():
-            if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
-                self.writer.add_scalar(key, float(value), global_step=step)
+        _scalars(self.writer, metrics, step)
+
+    def describe(self, markdown: str) -> None:
+        """A description of the run, in TensorBoard's Text tab (not a scalar card)."""
+        self.writer.add_text("description", markdown, global_step=0)
         self.writer.flush()
 
-    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
-        """The hparams plugin's summary of a finished run, and ``metrics`` as scalars at ``step``
-        (the plugin's table reads the metric values from those tags)."""
-        from torch.utils.tensorboard.summary import hparams
+    def hparams(
+        self,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        step: int,
+        *,
+        metric_names: Sequence[str] = (),
+        group: str = "best",
+        failed: bool = False,
+    ) -> None:
+        """The hparams plugin's summary of a finished run.
 
+        ``params`` (numbers, strings, booleans) are its hyperparameter columns, in this order.
+        The plugin reads each metric's value from a scalar series; ``metrics`` (the values at
+        ``step``, e.g. the best epoch) are therefore written to the sub-run ``<run>/<group>``
+        under their own names: beside curves of the same tags each is one marked point, not one
+        more single-point card in TensorBoard's time series. The table's metric columns are
+        ``metric_names`` (default: the keys of ``metrics``) in this order, the first one first.
+        ``failed`` sets the session's status, which the table shows and filters by.
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        names = list(metric_names) or list(metrics)
         file_writer = self.writer.file_writer
         assert file_writer is not None  # SummaryWriter opens its file writer when it is made
-        for summary in hparams(dict(params), dict(metrics)):
+        for summary in _hparams_summaries(params, names, group, failed):
             file_writer.add_summary(summary)
-        self.report(metrics, step, None)
+        self.writer.flush()
+        sub = SummaryWriter(log_dir=str(self.log_dir / group))
+        _scalars(sub, metrics, step)
+        sub.close()
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _scalars(writer: Any, metrics: Mapping[str, float], step: int) -> None:
+    """Every finite number of ``metrics`` but ``epoch`` (the step) as a scalar at ``step``."""
+    for key, value in metrics.items():
+        if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
+            writer.add_scalar(key, float(value), global_step=step)
+    writer.flush()
+
+
+def _hparams_summaries(
+    params: Mapping[str, Any], metric_names: Sequence[str], group: str, failed: bool
+) -> list[Any]:
+    """The hparams plugin's experiment (columns in order), session start (values) and session
+    end (status) summaries. Every run of a study writes the same experiment: the plugin shows
+    whichever run's it finds first."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    start = plugin_data_pb2.SessionStartInfo()
+    infos = []
+    for name, value in params.items():
+        if isinstance(value, bool):
+            start.hparams[name].bool_value, kind = value, api_pb2.DATA_TYPE_BOOL
+        elif isinstance(value, int | float):
+            start.hparams[name].number_value, kind = float(value), api_pb2.DATA_TYPE_FLOAT64
+        else:
+            start.hparams[name].string_value, kind = str(value), api_pb2.DATA_TYPE_STRING
+        infos.append(api_pb2.HParamInfo(name=name, type=kind))
+    experiment = api_pb2.Experiment(
+        hparam_infos=infos,
+        metric_infos=[
+            api_pb2.MetricInfo(name=api_pb2.MetricName(group=group, tag=m), display_name=m)
+            for m in metric_names
+        ],
+    )
+    status = api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS
+    contents = {
+        metadata.EXPERIMENT_TAG: plugin_data_pb2.HParamsPluginData(experiment=experiment),
+        metadata.SESSION_START_INFO_TAG: plugin_data_pb2.HParamsPluginData(
+            session_start_info=start
+        ),
+        metadata.SESSION_END_INFO_TAG: plugin_data_pb2.HParamsPluginData(
+            session_end_info=plugin_data_pb2.SessionEndInfo(status=status)
+        ),
+    }
+    out = []
+    for tag, content in contents.items():
+        content.version = metadata.PLUGIN_DATA_VERSION
+        plugin = SummaryMetadata.PluginData(
+            plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString()
+        )
+        out.append(
+            Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
+        )
+    return out
