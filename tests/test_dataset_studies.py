@@ -244,7 +244,9 @@ def test_shipped_amazon_study_passes_the_dry_run_on_local_folders(
     """The file as shipped, its four /mnt/shared folders replaced by two local ones (--dataset),
     on a pretend 8-GPU machine; no model is loaded or downloaded (the hub is switched off)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(run_search, "local_resources", lambda: {"CPU": 64.0, "GPU": 8.0})
+    # What the machine offers, also when an earlier test left the suite's Ray up in this process.
+    eight_gpus = ({"CPU": 64.0, "GPU": 8.0}, " on this machine")
+    monkeypatch.setattr(run_search, "_offered", lambda address, log=None: eight_gpus)
     toys, sports = folder("toys"), folder("sports")
     argv = ["--space", str(space), "--storage", str(tmp_path / "studies"), "--dry-run"]
     assert run_search.main([*argv, "--dataset", str(toys), "--dataset", str(sports)]) == 0
