@@ -33,7 +33,11 @@ from hpo import best_so_far
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 #: result file -> panel title
-COLLAPSE = {"collapse.json": "tiny-clip", "collapse_qwen2vl.json": "tiny-qwen2vl"}
+COLLAPSE = {
+    "collapse.json": "tiny-clip",
+    "collapse_qwen2vl.json": "tiny-qwen2vl, joint fusion",
+    "collapse_qwen2vl_external.json": "tiny-qwen2vl, external fusion",
+}
 LABELS = {"baseline": "plain contrastive", "vlm2rec": "VLM2Rec"}
 COLOURS = {"baseline": "tab:grey", "vlm2rec": "tab:blue"}
 
