@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vlm2rec.data.catalogue import Catalogue
-from vlm2rec.embedder.images import ImageCache, decode_image
+from vlm2rec.embedder.image_cache import ImageCache, decode_image
 from vlm2rec.embedder.pooling import fuse_concat_proj, fuse_mean, last_token_pool, masked_mean
 from vlm2rec.embedder.prompts import TextClipper, check_template
 from vlm2rec.embedder.tokenizer import BYTE_VOCAB, byte_level_tokenizer

@@ -46,7 +46,7 @@ from vlm2rec.data.catalogue import Catalogue
 from vlm2rec.embedder.base import VIEWS, Embedder, View, resolve_fusion
 from vlm2rec.embedder.families import DECODER_FAMILIES, DecoderFamily, VisionFeatures
 from vlm2rec.embedder.hub import save_backbone
-from vlm2rec.embedder.images import ImageCache
+from vlm2rec.embedder.image_cache import ImageCache
 from vlm2rec.embedder.lora import configure_finetuning, merged_copy, unwrap
 from vlm2rec.embedder.pooling import fuse_mean, l2_normalise, last_token_pool
 from vlm2rec.embedder.prompts import TextClipper, check_template

@@ -31,7 +31,7 @@ from vlm2rec.config import EmbedderConfig
 from vlm2rec.data.catalogue import Catalogue
 from vlm2rec.embedder.base import Embedder, View, resolve_fusion
 from vlm2rec.embedder.hub import save_backbone
-from vlm2rec.embedder.images import ImageCache
+from vlm2rec.embedder.image_cache import ImageCache
 from vlm2rec.embedder.lora import configure_finetuning, merged_copy, unwrap
 from vlm2rec.embedder.pooling import fuse_concat_proj, fuse_mean, l2_normalise, masked_mean
 from vlm2rec.embedder.prompts import TextClipper, item_text
