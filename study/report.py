@@ -90,11 +90,14 @@ def _stored_study(study_dir: Path, name: str) -> Any:
         return None
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # quiet for this load only
     try:
         return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
     except KeyError:  # the database holds no study of this name
         return None
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def _optuna_distributions(study_dir: Path, name: str) -> dict[str, Any]:

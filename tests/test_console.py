@@ -17,13 +17,23 @@ from study.console import quiet
 def ray_terminal() -> Iterator[io.StringIO]:
     """A terminal handler on Ray's logger, as Ray gives it one when imported (Ray's own writes to
     the stderr of that moment, which pytest's capture may not be)."""
+    import optuna
     import ray  # noqa: F401  (Ray sets its logger up when imported: level INFO, a handler)
 
+    # The levels a study process starts with, whatever earlier tests in this process set.
+    levels = {name: logging.getLogger(name).level for name in ("ray", "ray.train", "ray.tune")}
+    verbosity = optuna.logging.get_verbosity()
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.INFO if name == "ray" else logging.NOTSET)
+    optuna.logging.set_verbosity(optuna.logging.INFO)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     logging.getLogger("ray").addHandler(handler)
     yield stream
     logging.getLogger("ray").removeHandler(handler)
+    optuna.logging.set_verbosity(verbosity)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_chatter_goes_to_the_log_and_warnings_still_reach_the_terminal(
