@@ -20,11 +20,15 @@ def ray_terminal() -> Iterator[io.StringIO]:
     import optuna
     import ray  # noqa: F401  (Ray sets its logger up when imported: level INFO, a handler)
 
-    # The levels a study process starts with, whatever earlier tests in this process set.
-    levels = {name: logging.getLogger(name).level for name in ("ray", "ray.train", "ray.tune")}
+    # The loggers as a study driver has them, whatever earlier tests in this process did: a test
+    # that ran Ray Train's controller or worker code here left "ray.train" with propagate False
+    # (Train's own logging config), an earlier report left Optuna at WARNING.
+    names = ("ray", "ray.train", "ray.tune")
+    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names}
     verbosity = optuna.logging.get_verbosity()
-    for name in levels:
+    for name in names:
         logging.getLogger(name).setLevel(logging.INFO if name == "ray" else logging.NOTSET)
+        logging.getLogger(name).propagate = True
     optuna.logging.set_verbosity(optuna.logging.INFO)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -32,8 +36,9 @@ def ray_terminal() -> Iterator[io.StringIO]:
     yield stream
     logging.getLogger("ray").removeHandler(handler)
     optuna.logging.set_verbosity(verbosity)
-    for name, level in levels.items():
+    for name, (level, propagate) in saved.items():
         logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).propagate = propagate
 
 
 def test_chatter_goes_to_the_log_and_warnings_still_reach_the_terminal(
