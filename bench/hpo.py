@@ -86,7 +86,9 @@ def bench_spec(args: argparse.Namespace) -> SearchSpec:
     spec = load_search_spec(args.space)
     if spec.study.mode != "max":  # best_so_far and budget_to_reach take larger as better
         raise SystemExit(f"{args.space}: study.mode must be 'max' for bench/hpo.py")
-    fixed = {**spec.fixed, "data.synthetic.users": args.users, "embedder.name": args.model}
+    fixed = {**spec.fixed, "embedder.name": args.model}
+    if args.users is not None:
+        fixed["data.synthetic.users"] = args.users
     fixed.update(dict(parse_override(s) for s in args.set))
     synth = dataclasses.replace(spec, fixed=fixed).base_config().data.synthetic
     fixed["data.path"] = str(args.data_root.resolve() / f"bench-hpo-{config_hash(synth)}")
@@ -224,6 +226,36 @@ def trial_counts(reports: Sequence[Mapping[str, Any]], max_t: int) -> dict[str, 
     return {"trials": len(last), "full_trials": sum(e >= max_t for e in last.values())}
 
 
+def fraction_interval(
+    curves: Sequence[Sequence[float]],
+    reference: Sequence[Sequence[float]],
+    draws: int = 2000,
+    seed: int = 0,
+) -> dict[str, float | None]:
+    """Bootstrap 95% interval of the budget fraction ``curves``' mean needs to reach the mean final
+    best of ``reference``: both sets of sampler seeds are resampled with replacement, independently
+    (seed ``s`` of one method has nothing in common with seed ``s`` of another). A draw that never
+    reaches its target counts as ``inf``; a bound that is ``inf`` is ``None`` in the JSON."""
+    import random
+
+    rng = random.Random(seed)
+    budget = len(curves[0])
+    fractions = []
+    for _ in range(draws):
+        picked = rng.choices(curves, k=len(curves))
+        target = sum(c[-1] for c in rng.choices(reference, k=len(reference))) / len(reference)
+        mean_curve = [sum(c[b] for c in picked) / len(picked) for b in range(budget)]
+        fractions.append(budget_to_reach(mean_curve, target))
+    fractions.sort()
+    low, high = fractions[int(0.025 * draws)], fractions[int(0.975 * draws) - 1]
+    reached = sum(math.isfinite(f) for f in fractions) / draws
+    return {
+        "low": low if math.isfinite(low) else None,
+        "high": high if math.isfinite(high) else None,
+        "draws_reached": reached,
+    }
+
+
 def summarise(records: Sequence[Mapping[str, Any]], budget: int, max_t: int) -> dict[str, Any]:
     """Per method: mean best-so-far curve over seeds, final best mean/std, trial counts."""
     out: dict[str, Any] = {}
@@ -242,11 +274,17 @@ def summarise(records: Sequence[Mapping[str, Any]], budget: int, max_t: int) -> 
             "trials_mean": sum(c["trials"] for c in counts) / len(counts),
             "full_trials_mean": sum(c["full_trials"] for c in counts) / len(counts),
         }
+    curves = {
+        m: [best_so_far(r["reports"], budget) for r in records if r["method"] == m] for m in out
+    }
     for method, row in out.items():  # how fast each method gets to each other method's final best
+        others = [other for other in out if other != method]
         row["budget_fraction_to_reach"] = {
-            other: budget_to_reach(row["mean_curve"], o["final_best_mean"])
-            for other, o in out.items()
-            if other != method
+            other: budget_to_reach(row["mean_curve"], out[other]["final_best_mean"])
+            for other in others
+        }
+        row["budget_fraction_interval"] = {
+            other: fraction_interval(curves[method], curves[other]) for other in others
         }
     return out
 
@@ -276,11 +314,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--space", type=Path, default=DEFAULT_SPACE, help="study TOML whose params are searched"
     )
     p.add_argument(
-        "--budget", type=int, default=80, help="epochs per Tune run (all trials together)"
+        "--budget", type=int, default=40, help="epochs per Tune run (all trials together)"
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="sampler seeds")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--users", type=int, default=200, help="synthetic users (data.synthetic.users)")
+    p.add_argument(
+        "--users", type=int, default=None, help="synthetic users (default: the space's data)"
+    )
     p.add_argument(
         "--model", default="tiny-clip", help="embedder.name (tiny-clip: 2x tiny-qwen2vl's speed)"
     )
@@ -391,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     path = write_result("hpo", head, payload, out=args.out)
     print(f"wrote {path}; total wall {wall:.0f} s")
     print(f"headline: {head['name']} = {value:.2f}")
+    if {"tpe_asha", BASELINE} <= set(summary):
+        ci = summary["tpe_asha"]["budget_fraction_interval"][BASELINE]
+        print(f"95% bootstrap interval over sampler seeds: {ci['low']} .. {ci['high']}")
     return path
 
 
