@@ -230,8 +230,9 @@ def measure_floor(trials: int, work: Path) -> dict[str, Any]:
     out = work / "floor.json"
     cmd = [sys.executable, "bench/overhead.py", "--trials", str(trials), "--floor-out", str(out)]
     wall = _timed(cmd, work / "floor.log")
-    fits = json.loads(out.read_text())
-    return {"wall_s": wall, "fit_s": fits, "fit_s_mean": sum(fits) / len(fits)}
+    got = json.loads(out.read_text())
+    fits = got["fit_s"]
+    return {**got, "wall_s": wall, "fit_s_mean": sum(fits) / len(fits)}
 
 
 def summarise(
@@ -292,7 +293,9 @@ def _print_table(rows: Sequence[Mapping[str, Any]]) -> None:
 
 def run_floor(trials: int, out: Path) -> None:
     """Child process: ``trials`` TorchTrainer.fit() calls of a function that returns at once, one
-    worker with one CPU, on a local Ray started the way a study starts it; seconds per fit."""
+    worker with one CPU, on a local Ray started the way a study starts it; seconds per fit. Then
+    one more fit whose function times ``ray.train.report`` with and without a checkpoint of a
+    trial's size (what ``train.checkpoint_every`` could save per epoch)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -303,20 +306,53 @@ def run_floor(trials: int, out: Path) -> None:
     start_local_ray(log_to_driver=False)
     fits = []
     with tempfile.TemporaryDirectory(prefix="overhead-floor-") as storage:
-        for i in range(trials):
+
+        def fit(name: str, fn: Any, config: dict[str, Any] | None = None) -> float:
             t0 = time.perf_counter()
             TorchTrainer(
-                _noop,
+                fn,
+                train_loop_config=config,
                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1.0}),
-                run_config=RunConfig(name=f"floor-{i}", storage_path=storage),
+                run_config=RunConfig(name=name, storage_path=storage),
             ).fit()
-            fits.append(time.perf_counter() - t0)
+            return time.perf_counter() - t0
+
+        fits = [fit(f"floor-{i}", _noop) for i in range(trials)]
+        reports = Path(storage) / "reports.json"
+        fit("reports", _time_reports, {"out": str(reports)})
+        report_s = json.loads(reports.read_text())
     ray.shutdown()
-    out.write_text(json.dumps(fits) + "\n")
+    out.write_text(json.dumps({"fit_s": fits, "report_s": report_s}) + "\n")
 
 
 def _noop() -> None:
     """The Train function of the floor: nothing to import, nothing to train."""
+
+
+#: bytes of the checkpoint ``_time_reports`` attaches: a tiny-clip trial's (weights, best weights,
+#: optimiser state), about 3 MB
+CHECKPOINT_BYTES = 3 * 2**20
+
+
+def _time_reports(config: dict[str, Any]) -> None:
+    """Mean seconds of ``ray.train.report`` with ~70 metrics, alone and with a 3-MB checkpoint,
+    0.5 s apart (a report waits for the controller to take the one before it)."""
+    import ray.train
+
+    metrics = {f"metric_{i}": float(i) for i in range(70)}
+    spent = {"metrics_only": 0.0, "with_checkpoint": 0.0}
+    for epoch in range(10):
+        kind = "with_checkpoint" if epoch % 2 else "metrics_only"
+        checkpoint = None
+        if kind == "with_checkpoint":
+            folder = Path(tempfile.mkdtemp(prefix="overhead-ckpt-"))
+            (folder / "state.bin").write_bytes(os.urandom(CHECKPOINT_BYTES))
+            checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+        time.sleep(0.5)
+        t0 = time.perf_counter()
+        ray.train.report({**metrics, "epoch": epoch}, checkpoint=checkpoint)
+        spent[kind] += time.perf_counter() - t0
+    Path(config["out"]).write_text(json.dumps({k: v / 5 for k, v in spent.items()}))
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -371,7 +407,12 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
         work.mkdir(parents=True, exist_ok=True)
         before = stack.enter_context(worktree(args.before, work)) if args.before else None
         floor = measure_floor(args.trials, work)
-        print(f"Ray Train's floor: {floor['fit_s_mean']:.1f} s per TorchTrainer.fit()", flush=True)
+        print(
+            f"Ray Train's floor: {floor['fit_s_mean']:.1f} s per TorchTrainer.fit(); a report "
+            f"{floor['report_s']['metrics_only'] * 1e3:.0f} ms, with a 3-MB checkpoint "
+            f"{floor['report_s']['with_checkpoint'] * 1e3:.0f} ms",
+            flush=True,
+        )
         rows = []
         for size in args.sizes:
             what = f"the study at {args.before}, then now, then" if before else "the study, then"

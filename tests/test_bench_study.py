@@ -89,6 +89,7 @@ def test_overhead_smoke_study_and_plain_train_the_same_model(tmp_path: Path) -> 
     assert study["split_s"]["of_which_slower_epochs"] is not None  # read from the trial records
     assert row["plain"][0]["epoch_s"] > 0
     (floor,) = doc["floor"]["fit_s"]  # one bare TorchTrainer.fit() per trial
+    assert 0 < doc["floor"]["report_s"]["metrics_only"] < 0.5
     assert 0 < floor < study["wall_s"]
     assert doc["machine"]["cpu"]
 
