@@ -39,23 +39,38 @@ def test_overhead_space_is_a_valid_grid_of_k_trials(tmp_path: Path, size: str) -
 
 def test_overhead_summarise_splits_the_extra_time() -> None:
     plain = [
-        {"params": {"loss.alpha": 0.25}, "fit_s": 10.0, "val/ndcg@10": 0.5},
-        {"params": {"loss.alpha": 0.5}, "fit_s": 12.0, "val/ndcg@10": 0.6},
+        {"params": {"loss.alpha": 0.25}, "fit_s": 10.0, "epoch_s": 9.0, "val/ndcg@10": 0.5},
+        {"params": {"loss.alpha": 0.5}, "fit_s": 12.0, "epoch_s": 11.0, "val/ndcg@10": 0.6},
     ]
     study = {
         "wall_s": 60.0,
         "tune_s": 45.0,
         "trials": [
-            {"params": {"loss.alpha": 0.5}, "trial_s": 20.0, "val/ndcg@10": 0.6},
-            {"params": {"loss.alpha": 0.25}, "trial_s": 16.0, "val/ndcg@10": 0.5 + 1e-9},
+            {"params": {"loss.alpha": 0.5}, "trial_s": 20.0, "epoch_s": 11.5, "val/ndcg@10": 0.6},
+            {
+                "params": {"loss.alpha": 0.25},
+                "trial_s": 16.0,
+                "epoch_s": 9.5,
+                "val/ndcg@10": 0.5 + 1e-9,
+            },
         ],
     }
     got = overhead.summarise(2, study, plain_wall=30.0, plain=plain)
     assert got["ratio"] == pytest.approx(2.0)
     assert got["fixed_cost_s_per_trial"] == pytest.approx(15.0)
+    # per trial: Tune phase 45 s - 22 s of plain fits; once: 15 s outside Tune - 8 s of plain's own
+    assert got["per_trial_s"] == pytest.approx(11.5) and got["per_study_s"] == pytest.approx(7.0)
+    assert got["per_trial_s"] + got["per_study_s"] / 2 == pytest.approx(15.0)
     assert got["split_s"] == pytest.approx(
-        {"outside_tune": 15.0, "between_trials": 9.0, "inside_trials_beyond_fit": 14.0}
+        {
+            "outside_tune": 15.0,
+            "between_trials": 9.0,
+            "inside_trials_beyond_fit": 14.0,
+            "of_which_slower_epochs": 1.0,
+        }
     )
+    older = {**study, "trials": [{**t, "epoch_s": None} for t in study["trials"]]}
+    assert overhead.summarise(2, older, 30.0, plain)["split_s"]["of_which_slower_epochs"] is None
     assert got["max_abs_metric_diff"] == pytest.approx(1e-9)  # matched by alpha, not by order
 
 
@@ -71,6 +86,11 @@ def test_overhead_smoke_study_and_plain_train_the_same_model(tmp_path: Path) -> 
     assert doc["headline"]["value"] == pytest.approx(study["ratio"]) and study["ratio"] > 1
     assert study["max_abs_metric_diff"] == 0.0  # the Ray Train worker ran the same fit
     assert row["plain_fit_s_per_trial"] > 0 and "before" not in row
+    assert study["split_s"]["of_which_slower_epochs"] is not None  # read from the trial records
+    assert row["plain"][0]["epoch_s"] > 0
+    (floor,) = doc["floor"]["fit_s"]  # one bare TorchTrainer.fit() per trial
+    assert 0 < doc["floor"]["report_s"]["metrics_only"] < 0.5
+    assert 0 < floor < study["wall_s"]
     assert doc["machine"]["cpu"]
 
 

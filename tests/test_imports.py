@@ -80,3 +80,19 @@ def test_offline_study_modules_import_without_ray() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "", f"imported Ray: {out.stdout.strip()[:200]}"
+
+
+def test_a_tiny_clip_worker_imports_only_its_own_model_family() -> None:
+    """A study's Train worker imports ``vlm2rec.train`` and builds one model: peft and the other
+    families' modelling code (about 1 s of imports per worker process) stay out of it."""
+    code = (
+        "import sys, vlm2rec.train\n"
+        "from vlm2rec.embedder import build_tiny\n"
+        "build_tiny('tiny-clip', seed=0)\n"
+        "mods = ('peft', 'transformers.models.qwen2_vl.modeling_qwen2_vl',\n"
+        "        'transformers.models.qwen3_vl.modeling_qwen3_vl',\n"
+        "        'transformers.models.siglip.modeling_siglip', 'transformers.models.clip.modeling_clip')\n"
+        "print(','.join(m for m in mods if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "transformers.models.clip.modeling_clip"

@@ -3,6 +3,7 @@ before any Ray trial starts (Ray is never even initialised here); the checks liv
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -387,14 +388,20 @@ def test_seeds_only_tune_setup_has_no_searcher_and_no_scheduler(tmp_path: Path) 
     assert space == {"seed": {"grid_search": [0, 1]}}
     assert config.search_alg is None and isinstance(config.scheduler, FIFOScheduler)
     assert config.num_samples == 1  # the grid makes one trial per seed
+    assert config.reuse_actors  # no early stopping: a finished trial's process runs the next one
     assert not folder.optuna_db.exists()
     _write(tmp_path)  # a searched parameter: Optuna again, with its database
     folder.root.mkdir(parents=True)
-    space, config = tune_setup("search", load_search_spec(tmp_path / "space.toml"), folder, "pf", 1)
+    spec = load_search_spec(tmp_path / "space.toml")
+    space, config = tune_setup("search", spec, folder, "pf", 1)
     from study.searcher import StudySearcher
 
     assert isinstance(config.search_alg, StudySearcher) and list(space) == ["loss.alpha"]
     assert folder.optuna_db.exists()
+    # ASHA keeps a stopped trial's process for reuse while its fit() still runs in it: no reuse
+    assert spec.study.scheduler == "asha" and not config.reuse_actors
+    fifo = dataclasses.replace(spec, study=dataclasses.replace(spec.study, scheduler="none"))
+    assert tune_setup("search", fifo, folder, "pf", 1)[1].reuse_actors
 
 
 # ---- storage: a dry run checks what a real run does ----------------------------------------------

@@ -40,15 +40,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import (
-    PreTrainedConfig,
-    PreTrainedModel,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLForConditionalGeneration,
-    Qwen3VLForConditionalGeneration,
-)
+import transformers
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
 __all__ = ["DECODER_FAMILIES", "DecoderFamily", "VisionFeatures"]
 
@@ -63,14 +57,21 @@ class DecoderFamily:
     Attributes:
         model_type: ``config.json``'s ``model_type`` (how a checkpoint names its family).
         label: the family's name in messages.
-        model_class: the ``...ForConditionalGeneration`` class that loads it.
+        class_name: the transformers ``...ForConditionalGeneration`` class that loads it, by name:
+            importing a family's modelling code costs every process that imports this module
+            (each Ray Train worker of a study) about 0.5 s, so only the family in use is imported.
         deepstack: whether the vision tower also returns deepstack features (Qwen3-VL).
     """
 
     model_type: str
     label: str
-    model_class: type[PreTrainedModel]
+    class_name: str
     deepstack: bool = False
+
+    @property
+    def model_class(self) -> type[PreTrainedModel]:
+        """The transformers class (imported on first use)."""
+        return getattr(transformers, self.class_name)
 
     def config(
         self, text: dict[str, Any], vision: dict[str, Any], **kwargs: Any
@@ -98,6 +99,10 @@ class DecoderFamily:
         merged = tuple(f[0] for f in images)
         if not self.deepstack:
             return BaseModelOutputWithPooling(pooler_output=merged)  # type: ignore[arg-type]
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+            BaseModelOutputWithDeepstackFeatures,
+        )
+
         k = len(images[0]) - 1
         levels = [tuple(f[1 + j] for f in images) for j in range(k)]
         return BaseModelOutputWithDeepstackFeatures(
@@ -110,8 +115,8 @@ class DecoderFamily:
 DECODER_FAMILIES: dict[str, DecoderFamily] = {
     f.model_type: f
     for f in (
-        DecoderFamily("qwen2_vl", "Qwen2-VL", Qwen2VLForConditionalGeneration),
-        DecoderFamily("qwen2_5_vl", "Qwen2.5-VL", Qwen2_5_VLForConditionalGeneration),
-        DecoderFamily("qwen3_vl", "Qwen3-VL", Qwen3VLForConditionalGeneration, deepstack=True),
+        DecoderFamily("qwen2_vl", "Qwen2-VL", "Qwen2VLForConditionalGeneration"),
+        DecoderFamily("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration"),
+        DecoderFamily("qwen3_vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration", deepstack=True),
     )
 }

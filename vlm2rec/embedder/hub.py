@@ -12,27 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoTokenizer,
-    CLIPModel,
-    PreTrainedModel,
-    SiglipModel,
-)
+import transformers
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrainedModel
 
 from vlm2rec.embedder.families import DECODER_FAMILIES
 from vlm2rec.embedder.tiny import Backbone
 
 __all__ = ["FAMILIES", "EmbedderLoadError", "load_pretrained", "save_backbone"]
 
-# model_type in config.json -> (family, model class); the decoder families are Qwen2-VL,
-# Qwen2.5-VL and Qwen3-VL (``families.DECODER_FAMILIES``), so a hub id and a local folder of any
-# of them load the same way
-FAMILIES: dict[str, tuple[str, type[PreTrainedModel]]] = {
-    **{t: ("decoder", f.model_class) for t, f in DECODER_FAMILIES.items()},
-    "clip": ("clip", CLIPModel),
-    "siglip": ("siglip", SiglipModel),
+# model_type in config.json -> (family, transformers model class name, imported when it loads);
+# the decoder families are Qwen2-VL, Qwen2.5-VL and Qwen3-VL (``families.DECODER_FAMILIES``), so
+# a hub id and a local folder of any of them load the same way
+FAMILIES: dict[str, tuple[str, str]] = {
+    **{t: ("decoder", f.class_name) for t, f in DECODER_FAMILIES.items()},
+    "clip": ("clip", "CLIPModel"),
+    "siglip": ("siglip", "SiglipModel"),
 }
 
 
@@ -62,7 +56,8 @@ def load_pretrained(name: str, *, dtype: torch.dtype) -> Backbone:
             f"embedder.name={name!r}: model_type {model_type!r} is not supported "
             f"(supported: {', '.join(FAMILIES)})"
         )
-    family, model_cls = FAMILIES[model_type]
+    family, class_name = FAMILIES[model_type]
+    model_cls: type[PreTrainedModel] = getattr(transformers, class_name)
     try:
         model = model_cls.from_pretrained(name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(name)

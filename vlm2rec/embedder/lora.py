@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from collections.abc import Sequence
 from typing import cast
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 __all__ = ["configure_finetuning", "merged_copy", "unwrap"]
@@ -65,6 +65,8 @@ def configure_finetuning(
             _set_trainable(model, vision_prefixes, False)
         _set_trainable(model, unused_prefixes, False)
         return model
+    from peft import LoraConfig, get_peft_model  # only LoRA runs pay peft's import (~1 s)
+
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,  # type: ignore[arg-type]  # annotated int, used as the ratio alpha / r
@@ -84,17 +86,23 @@ def configure_finetuning(
     return wrapped
 
 
+def _is_peft(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a peft model; without peft imported, none can be."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(module, peft.PeftModel)
+
+
 def unwrap(module: torch.nn.Module) -> PreTrainedModel:
     """The transformers model inside a (possibly peft-wrapped) backbone; LoRA layers stay injected."""
-    if isinstance(module, PeftModel):
-        return cast(PreTrainedModel, module.get_base_model())
+    if _is_peft(module):
+        return cast(PreTrainedModel, module.get_base_model())  # type: ignore[operator]
     assert isinstance(module, PreTrainedModel)
     return module
 
 
 def merged_copy(module: torch.nn.Module) -> PreTrainedModel:
     """A plain transformers model with LoRA merged into the base weights (the original is untouched)."""
-    if isinstance(module, PeftModel):
-        return cast(PreTrainedModel, copy.deepcopy(module).merge_and_unload())
+    if _is_peft(module):
+        return cast(PreTrainedModel, copy.deepcopy(module).merge_and_unload())  # type: ignore[operator]
     assert isinstance(module, PreTrainedModel)
     return module

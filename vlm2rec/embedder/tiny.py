@@ -17,17 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import (
-    CLIPConfig,
-    CLIPModel,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    SiglipConfig,
-    SiglipModel,
-)
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vlm2rec.embedder.families import DECODER_FAMILIES
 from vlm2rec.embedder.tokenizer import BYTE_VOCAB, byte_level_tokenizer
@@ -154,6 +144,12 @@ def tiny_decoder_config(model_type: str) -> tuple[dict[str, Any], dict[str, Any]
 def _tiny_decoder(model_type: str, image_side: int) -> Backbone:
     """A tiny decoder of one family with its byte-level tokenizer and PIL image processor, fixed at
     ``side x side`` pixels (a multiple of patch x merge: 4x4 patches -> 4 image tokens)."""
+    # Each builder imports its own family's classes: a process that builds one model (a study's
+    # Train worker) does not pay for the modelling code of the four others.
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
     family = DECODER_FAMILIES[model_type]
     text, vision = tiny_decoder_config(model_type)
     tok = qwen2vl_tokenizer()
@@ -187,6 +183,9 @@ def _dual_towers(
 
 
 def _tiny_clip(image_side: int) -> Backbone:
+    from transformers import CLIPConfig, CLIPModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
     specials = ["<|startoftext|>", "<|endoftext|>", "<|pad|>"]
     tok = byte_level_tokenizer(
         specials,
@@ -212,6 +211,9 @@ def _tiny_clip(image_side: int) -> Backbone:
 
 
 def _tiny_siglip(image_side: int) -> Backbone:
+    from transformers import SiglipConfig, SiglipModel
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
     specials = ["</s>", "<pad>"]
     tok = byte_level_tokenizer(
         specials,
