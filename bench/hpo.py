@@ -25,10 +25,11 @@ same seed, ``random_asha`` and ``random`` draw the same configurations in the sa
 
 Headline: the fraction of the budget after which TPE + ASHA's mean best-so-far (over seeds) first
 reaches random search's (with ASHA) final mean best; ``inf`` (``null`` in the JSON) means it never did.
+``budget_fraction_interval`` gives its bootstrap 95% interval over the sampler seeds.
 
 Usage::
 
-    python bench/hpo.py                                   # 3 methods x 3 seeds, 80 epochs each, ~15 min
+    python bench/hpo.py                                   # 3 methods x 5 seeds, 40 epochs each, ~95 min
     python bench/hpo.py --budget 6 --seeds 0 --users 60 --out /tmp/hpo.json   # smoke, ~1 min
 """
 
