@@ -73,7 +73,7 @@ STUDY_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_USAGE_STATS_ENABLED
 #: Ray Train settings for a Ray this process starts on the local machine: no spot preemption to
 #: watch for and no Prometheus to scrape Train's metrics, and the controller polls its workers
 #: every 0.1 s instead of 2 s, so it notices each report and the end of a run sooner. A Train run
-#: whose function has returned ends 0.3 s later instead of 1.1 s at 0.5 s (and about 3 s at 2 s);
+#: whose function has returned ends 0.3 s later instead of 1.1 s at 0.5 s;
 #: a poll is one small RPC per worker. bench/overhead.py measures the whole study. A cluster
 #: keeps Ray's defaults.
 LOCAL_RAY_ENV = {
