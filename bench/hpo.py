@@ -227,6 +227,11 @@ def trial_counts(reports: Sequence[Mapping[str, Any]], max_t: int) -> dict[str, 
     return {"trials": len(last), "full_trials": sum(e >= max_t for e in last.values())}
 
 
+def mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
+    """The mean over seeds of equally long best-so-far curves, budget step by budget step."""
+    return [sum(c[b] for c in curves) / len(curves) for b in range(len(curves[0]))]
+
+
 def fraction_interval(
     curves: Sequence[Sequence[float]],
     reference: Sequence[Sequence[float]],
@@ -240,13 +245,11 @@ def fraction_interval(
     import random
 
     rng = random.Random(seed)
-    budget = len(curves[0])
     fractions = []
     for _ in range(draws):
         picked = rng.choices(curves, k=len(curves))
         target = sum(c[-1] for c in rng.choices(reference, k=len(reference))) / len(reference)
-        mean_curve = [sum(c[b] for c in picked) / len(picked) for b in range(budget)]
-        fractions.append(budget_to_reach(mean_curve, target))
+        fractions.append(budget_to_reach(mean_curve(picked), target))
     fractions.sort()
     low, high = fractions[int(0.025 * draws)], fractions[int(0.975 * draws) - 1]
     reached = sum(math.isfinite(f) for f in fractions) / draws
@@ -260,10 +263,12 @@ def fraction_interval(
 def summarise(records: Sequence[Mapping[str, Any]], budget: int, max_t: int) -> dict[str, Any]:
     """Per method: mean best-so-far curve over seeds, final best mean/std, trial counts."""
     out: dict[str, Any] = {}
-    for method in dict.fromkeys(r["method"] for r in records):
+    methods = dict.fromkeys(r["method"] for r in records)
+    curves_of = {
+        m: [best_so_far(r["reports"], budget) for r in records if r["method"] == m] for m in methods
+    }
+    for method, curves in curves_of.items():
         runs = [r for r in records if r["method"] == method]
-        curves = [best_so_far(r["reports"], budget) for r in runs]
-        mean_curve = [sum(c[b] for c in curves) / len(curves) for b in range(budget)]
         counts = [trial_counts(r["reports"], max_t) for r in runs]
         final_mean, final_std = mean_std([c[-1] for c in curves])
         out[method] = {
@@ -271,13 +276,10 @@ def summarise(records: Sequence[Mapping[str, Any]], budget: int, max_t: int) -> 
             "final_best_mean": final_mean,
             "final_best_std": final_std,
             "final_best_per_seed": [c[-1] for c in curves],
-            "mean_curve": mean_curve,
+            "mean_curve": mean_curve(curves),
             "trials_mean": sum(c["trials"] for c in counts) / len(counts),
             "full_trials_mean": sum(c["full_trials"] for c in counts) / len(counts),
         }
-    curves = {
-        m: [best_so_far(r["reports"], budget) for r in records if r["method"] == m] for m in out
-    }
     for method, row in out.items():  # how fast each method gets to each other method's final best
         others = [other for other in out if other != method]
         row["budget_fraction_to_reach"] = {
@@ -285,7 +287,7 @@ def summarise(records: Sequence[Mapping[str, Any]], budget: int, max_t: int) -> 
             for other in others
         }
         row["budget_fraction_interval"] = {
-            other: fraction_interval(curves[method], curves[other]) for other in others
+            other: fraction_interval(curves_of[method], curves_of[other]) for other in others
         }
     return out
 

@@ -139,7 +139,7 @@ def run_plain(space: Path, out: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="overhead-ckpt-") as ckpt:
             result = fit(spec.run_config(point), checkpoint_root=ckpt)
         fit_s = time.perf_counter() - t0
-        epoch_s = sum(h.get("time/epoch_s", 0.0) for h in result.history)
+        epoch_s = _epoch_seconds(result.history)
         records.append(
             {"params": point, "fit_s": fit_s, "epoch_s": epoch_s, METRIC: result.best_metric}
         )
@@ -181,7 +181,7 @@ def _study_record(study_dir: Path) -> dict[str, Any]:
         {
             "params": {"loss.alpha": r["param.loss.alpha"]},
             "trial_s": r["wall_s"],
-            "epoch_s": _epoch_seconds(study_dir / "trials" / f"{r['trial_id']}.json"),
+            "epoch_s": _recorded_epoch_seconds(study_dir / "trials" / f"{r['trial_id']}.json"),
             METRIC: r[METRIC],
         }
         for r in rows
@@ -189,11 +189,16 @@ def _study_record(study_dir: Path) -> dict[str, Any]:
     return {"tune_s": float(done["wall_s"]), "trials": trials}
 
 
-def _epoch_seconds(record: Path) -> float | None:
-    """Sum of a trial's ``time/epoch_s`` (None for a study whose records lack it)."""
+def _epoch_seconds(history: Sequence[Mapping[str, float]]) -> float:
+    """Sum of a run's ``time/epoch_s``: its epochs as the training process timed them."""
+    return sum(h.get("time/epoch_s", 0.0) for h in history)
+
+
+def _recorded_epoch_seconds(record: Path) -> float | None:
+    """:func:`_epoch_seconds` of a trial record (None for a study whose records lack it)."""
     if not record.exists():
         return None
-    return sum(h.get("time/epoch_s", 0.0) for h in json.loads(record.read_text())["history"])
+    return _epoch_seconds(json.loads(record.read_text())["history"])
 
 
 def measure(size: str, trials: int, work: Path, before: Path | None) -> dict[str, Any]:
@@ -304,7 +309,6 @@ def run_floor(trials: int, out: Path) -> None:
 
     use_auth_mode()
     start_local_ray(log_to_driver=False)
-    fits = []
     with tempfile.TemporaryDirectory(prefix="overhead-floor-") as storage:
 
         def fit(name: str, fn: Any, config: dict[str, Any] | None = None) -> float:
@@ -341,7 +345,8 @@ def _time_reports(config: dict[str, Any]) -> None:
 
     metrics = {f"metric_{i}": float(i) for i in range(70)}
     spent = {"metrics_only": 0.0, "with_checkpoint": 0.0}
-    for epoch in range(10):
+    reports = 10  # alternating: half of them of each kind
+    for epoch in range(reports):
         kind = "with_checkpoint" if epoch % 2 else "metrics_only"
         with tempfile.TemporaryDirectory(prefix="overhead-ckpt-") as folder:
             checkpoint = None
@@ -352,7 +357,7 @@ def _time_reports(config: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             ray.train.report({**metrics, "epoch": epoch}, checkpoint=checkpoint)
             spent[kind] += time.perf_counter() - t0
-    Path(config["out"]).write_text(json.dumps({k: v / 5 for k, v in spent.items()}))
+    Path(config["out"]).write_text(json.dumps({k: v / (reports // 2) for k, v in spent.items()}))
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
