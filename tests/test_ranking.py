@@ -19,6 +19,38 @@ from vlm2rec.ranking import (
 )
 
 
+@pytest.fixture(autouse=True, params=["torch", "kernel"])
+def count_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with both CPU ways of counting a tile: torch's passes and the one-pass
+    numba kernel (``vlm2rec.tile_count``), which large problems get."""
+    import vlm2rec.ranking
+
+    threshold = 0 if request.param == "kernel" else 2**62
+    monkeypatch.setattr(vlm2rec.ranking, "FUSED_MIN_PAIRS", threshold)
+    return str(request.param)
+
+
+def test_kernel_counts_a_tile_as_torch_does() -> None:
+    """Ties, -inf (excluded pairs) and a partial tile: the kernel's two counts equal torch's."""
+    from vlm2rec.tile_count import count_tile
+
+    rng = np.random.default_rng(0)
+    n, w = 5, 37
+    scores = rng.integers(-2, 3, (n, w + n + 3)).astype(np.float32)  # wider than w + n: ignored
+    scores[rng.random((n, w + n + 3)) < 0.1] = -np.inf
+    scores[np.arange(n), w + np.arange(n)] = rng.integers(-2, 3, n)  # finite target scores
+    excluded = np.array([0, 2 * (w + n + 3) + 5])  # (0, 0) and (2, 5): excluded pairs
+    acc = np.zeros(2 * n, dtype=np.int32)
+    count_tile(scores.copy(), w, excluded, acc)
+    scores.reshape(-1)[excluded] = -np.inf
+    target = scores[np.arange(n), w + np.arange(n)][:, None]
+    assert acc[:n].tolist() == (scores[:, :w] > target).sum(1).tolist()
+    assert acc[n:].tolist() == (scores[:, :w] == target).sum(1).tolist()
+    assert acc[n:].sum() > 0  # the case has ties to count
+    with pytest.raises(ValueError, match="acc of 10 expected"):
+        count_tile(scores, w, excluded, np.zeros(9, dtype=np.int32))
+
+
 def _csr(seen: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     indptr = torch.tensor([0, *np.cumsum([len(s) for s in seen]).tolist()], dtype=torch.long)
     flat = torch.tensor([i for s in seen for i in s], dtype=torch.long)

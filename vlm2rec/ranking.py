@@ -48,6 +48,7 @@ Shapes: ``queries [U, D]``, ``items [N + 1, D]``, ``targets [U]``, ``seen_indptr
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -182,6 +183,12 @@ PASS_USERS = 2048
 """Users whose excluded pairs are indexed together (``O(PASS_USERS x history)`` memory, whatever the
 number of users); the catalogue is read once per pass, so copying each chunk costs little."""
 
+FUSED_MIN_PAIRS = 10**9
+"""Scored (user, item) pairs from which a CPU ranking counts with the one-pass numba kernel
+(:mod:`vlm2rec.tile_count`) instead of torch's three passes. The kernel saves about 0.5 ns per
+pair (``bench/eval.py``), so a call this large repays numba's import (about 0.4 s) on its own;
+smaller ones, such as a default study's validation, never import numba."""
+
 _EXACT_COUNT = 2**24 - 1  #: float32 holds every integer count up to here exactly
 
 
@@ -215,6 +222,7 @@ class _Tiles:
         self.rows = torch.empty(items + users, dim, device=device)  # [c + b, D]
         self.flags = torch.empty(2 * users * (items + users), device=device)
         self._views: dict[tuple[int, int], tuple[Tensor, ...]] = {}
+        self._numpy: dict[tuple[int, int], np.ndarray] = {}
 
     def views(self, w: int, n: int) -> tuple[Tensor, ...]:
         """``(rows_t [D, w + n], targets [n, D], scores [n, w + n], flat [n (w + n)],
@@ -235,6 +243,13 @@ class _Tiles:
                 both,
             )
             self._views[w, n] = got
+        return got
+
+    def numpy_scores(self, w: int, n: int) -> np.ndarray:
+        """The ``[n, w + n]`` score tile of :meth:`views` as a numpy array (CPU: no copy)."""
+        got = self._numpy.get((w, n))
+        if got is None:
+            got = self._numpy[w, n] = self.views(w, n)[2].numpy()
         return got
 
 
@@ -265,19 +280,22 @@ def _tile_positions(
     return positions, torch.bincount(key, minlength=n_tiles).tolist()
 
 
-def _count_tile(
-    views: tuple[Tensor, ...], q: Tensor, target_rows: Tensor, excluded: Tensor, acc: Tensor
-) -> None:
-    r"""Write one tile's counts into ``acc [2n]`` (above, then equal).
-
-    One GEMM :math:`S = q\,[V_c; V_t]^\top` ``[n, w + n]``; the target scores are its diagonal in
-    the appended columns; excluded pairs are set to :math:`-\infty`; then ``equal = (S == s_t)``
-    into the rows below, ``above = (S > s_t)`` in place, and one row sum counts both into ``acc``
-    (float32 sums of 0/1 flags are exact up to :data:`_EXACT_COUNT`, more than a tile holds).
-    """
-    rows_t, targets, scores, flat, s_target, above, equal, both = views
+def _score_tile(views: tuple[Tensor, ...], q: Tensor, target_rows: Tensor) -> None:
+    r"""One GEMM :math:`S = q\,[V_c; V_t]^\top` ``[n, w + n]`` into the tile's score buffer; the
+    target scores are its diagonal in the appended columns."""
+    rows_t, targets, scores = views[:3]
     targets.copy_(target_rows)
     torch.mm(q, rows_t, out=scores)
+
+
+def _count_tile(views: tuple[Tensor, ...], excluded: Tensor, acc: Tensor) -> None:
+    r"""Write a scored tile's counts into float32 ``acc [2n]`` (above, then equal), with torch.
+
+    Excluded pairs are set to :math:`-\infty`; then ``equal = (S == s_t)`` into the rows below,
+    ``above = (S > s_t)`` in place, and one row sum counts both (float32 sums of 0/1 flags are
+    exact up to :data:`_EXACT_COUNT`, more than a tile holds).
+    """
+    _, _, _, flat, s_target, above, equal, both = views
     if len(excluded):
         flat.index_fill_(0, excluded, float("-inf"))
     torch.eq(above, s_target, out=equal)
@@ -292,9 +310,11 @@ def _rank_pass(
     rows: Tensor,
     seen0: Tensor,
     tile: tuple[int, int],
+    fused: bool,
 ) -> TargetRanks:
     """Ranks of one pass of users over the whole catalogue, tile by tile; each chunk is copied
-    once for all the pass's user blocks. ``rows``: the pass-local user of each ``seen0`` entry."""
+    once for all the pass's user blocks. ``rows``: the pass-local user of each ``seen0`` entry;
+    ``fused``: count each tile with the one-pass numba kernel (CPU), else with torch."""
     users, items = tile
     n_users, n_items = len(targets0), cand.shape[0]
     excluded, sizes = _tile_positions(rows, seen0, targets0, n_items, users, items)
@@ -303,19 +323,28 @@ def _rank_pass(
     t_rows = cand[targets0].float()  # [U, D], gathered once: a block's rows are copied per chunk
     t_rows_b = [t_rows[b0 : b0 + n] for b0, n in blocks]
     tiles = _Tiles(users, items, cand.shape[1], queries.device)
-    acc = torch.zeros(len(blocks), 2 * users, device=queries.device)  # one chunk's counts
+    acc_dtype = torch.int32 if fused else torch.float32
+    acc = torch.zeros(len(blocks), 2 * users, dtype=acc_dtype, device=queries.device)  # a chunk's
     acc_b = [acc[b, : 2 * n] for b, (_, n) in enumerate(blocks)]
     total = torch.zeros(len(blocks), 2 * users, dtype=torch.long, device=queries.device)
-    done = 0
+    if fused:
+        from vlm2rec.tile_count import count_tile
+
+        excluded_np, acc_np = excluded.numpy(), [a.numpy() for a in acc_b]
+    ends = list(itertools.accumulate(sizes, initial=0))  # tile t's positions: ends[t]:ends[t + 1]
     for k, start in enumerate(range(0, n_items, items)):
         w = min(items, n_items - start)
         tiles.rows[:w].copy_(cand[start : start + w])  # float32 whatever the input dtype
-        per_block = sizes[k * len(blocks) : (k + 1) * len(blocks)]
-        parts = torch.split(excluded[done : done + sum(per_block)], per_block)
-        done += sum(per_block)
-        for b, ((_, n), part) in enumerate(zip(blocks, parts, strict=True)):
-            _count_tile(tiles.views(w, n), q[b], t_rows_b[b], part, acc_b[b])
-        total += acc.long()  # each tile overwrote its slice: one chunk's counts, exact in float32
+        for b, (_, n) in enumerate(blocks):
+            t, views = k * len(blocks) + b, tiles.views(w, n)
+            _score_tile(views, q[b], t_rows_b[b])
+            if fused:
+                count_tile(
+                    tiles.numpy_scores(w, n), w, excluded_np[ends[t] : ends[t + 1]], acc_np[b]
+                )
+            else:
+                _count_tile(views, excluded[ends[t] : ends[t + 1]], acc_b[b])
+        total += acc.long()  # each tile overwrote its slice: one chunk's counts, exact
     above = torch.cat([total[b, :n] for b, (_, n) in enumerate(blocks)])
     level = torch.cat([total[b, n : 2 * n] for b, (_, n) in enumerate(blocks)])
     return _ranks(above, level, rows, seen0, targets0)
@@ -380,12 +409,15 @@ def rank_targets(
     _validate(queries, items, tgt, indptr, seen)
     cand = items[1:]  # [N, D]: candidate index j is item id j + 1
     tile = score_tile(dev, user_batch_size, item_chunk)
+    fused = dev.type == "cpu" and len(tgt) * cand.shape[0] >= FUSED_MIN_PAIRS
     step = tile[0] * max(1, PASS_USERS // tile[0])  # whole tiles of users per pass
     parts = []
     for p0 in range(0, len(tgt), step):
         p1 = min(p0 + step, len(tgt))
         rows, lo, hi = _block_rows(indptr, p0, p1)
-        parts.append(_rank_pass(queries[p0:p1], cand, tgt[p0:p1] - 1, rows, seen[lo:hi] - 1, tile))
+        parts.append(
+            _rank_pass(queries[p0:p1], cand, tgt[p0:p1] - 1, rows, seen[lo:hi] - 1, tile, fused)
+        )
     if not parts:
         return TargetRanks(tgt.new_zeros(0), tgt.new_zeros(0))
     return TargetRanks(*(torch.cat(ranks) for ranks in zip(*parts, strict=True)))
