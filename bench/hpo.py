@@ -93,7 +93,10 @@ def bench_spec(args: argparse.Namespace) -> SearchSpec:
     fixed.update(dict(parse_override(s) for s in args.set))
     synth = dataclasses.replace(spec, fixed=fixed).base_config().data.synthetic
     fixed["data.path"] = str(args.data_root.resolve() / f"bench-hpo-{config_hash(synth)}")
-    return dataclasses.replace(spec, fixed=fixed)
+    study = spec.study
+    if args.grace_period is not None:
+        study = dataclasses.replace(study, grace_period=args.grace_period)
+    return dataclasses.replace(spec, fixed=fixed, study=study)
 
 
 def method_spec(spec: SearchSpec, method: str, seed: int) -> SearchSpec:
@@ -330,6 +333,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra [fixed] override"
     )
+    p.add_argument(
+        "--grace-period", type=int, default=None, help="ASHA grace period (default: the space's)"
+    )
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="an earlier hpo result: the runs of the methods not in --methods are taken from it",
+    )
     p.add_argument("--workers", type=int, default=2, help="Tune runs at once (one CPU each)")
     p.add_argument("--data-root", type=Path, default=ROOT / "data", help="where the data is built")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
@@ -383,8 +396,29 @@ def _setting(args: argparse.Namespace, spec: SearchSpec, argv: Sequence[str]) ->
         "methods": {
             m: dict(zip(("sampler", "scheduler"), METHODS[m], strict=True)) for m in args.methods
         },
+        "reused_from": str(args.reuse) if args.reuse else None,
         "command": "python bench/hpo.py " + " ".join(argv),
     }
+
+
+def reused_runs(path: Path, setting: Mapping[str, Any], run: Sequence[str]) -> list[dict[str, Any]]:
+    """The runs in ``path`` of the methods not in ``run``, refused (SystemExit) unless they were
+    made with what decides their values: the same fixed overrides, budget and seeds, and the same
+    ASHA settings for a method that uses ASHA."""
+    old = json.loads(path.read_text())
+    was = old["setting"]
+    for key in ("fixed", "budget_epochs", "seeds"):
+        if was[key] != setting[key]:
+            raise SystemExit(
+                f"--reuse {path}: setting.{key} is {was[key]!r}, this run has {setting[key]!r}"
+            )
+    methods = [m for m in was["methods"] if m not in run]
+    for m in methods:
+        if was["methods"][m]["scheduler"] == "asha" and was["asha"] != setting["asha"]:
+            raise SystemExit(
+                f"--reuse {path}: {m} ran with ASHA {was['asha']}, this run has {setting['asha']}"
+            )
+    return [r for r in old["runs"] if r["method"] in methods]
 
 
 def main(argv: Sequence[str] | None = None) -> Path | None:
@@ -398,6 +432,10 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     from vlm2rec.data.prepare import ensure_dataset
 
     spec = bench_spec(args)
+    setting = _setting(args, spec, argv)
+    reused = reused_runs(args.reuse, setting, args.methods) if args.reuse else []
+    for m in dict.fromkeys(r["method"] for r in reused):
+        setting["methods"][m] = dict(zip(("sampler", "scheduler"), METHODS[m], strict=True))
     ensure_dataset(spec.base_config().data)  # build once, before the runs race
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -415,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     finally:
         ray.shutdown()
     wall = time.perf_counter() - t0
+    records = sorted(records + reused, key=lambda r: (r["seed"], list(METHODS).index(r["method"])))
     summary = summarise(records, args.budget, spec.study.max_t)
     _print_table(summary, args.budget)
     value = math.nan
@@ -426,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
         "fraction",
     )
     payload = {
-        "setting": _setting(args, spec, argv),
+        "setting": setting,
         "wall_s": round(wall, 1),
         "summary": summary,
         "runs": records,

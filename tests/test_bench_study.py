@@ -139,6 +139,29 @@ def test_trial_counts_and_summary() -> None:
     )
 
 
+def test_reused_runs_only_where_nothing_that_decides_them_changed(tmp_path: Path) -> None:
+    asha = {"max_t": 10, "grace_period": 4, "reduction_factor": 2.0}
+    setting = {"fixed": {"seed": 0}, "budget_epochs": 40, "seeds": [0, 1], "asha": asha}
+    methods = {
+        m: dict(zip(("sampler", "scheduler"), hpo.METHODS[m], strict=True)) for m in hpo.METHODS
+    }
+    runs = [{"method": m, "seed": s, "reports": []} for m in hpo.METHODS for s in (0, 1)]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"setting": {**setting, "methods": methods}, "runs": runs}))
+    got = hpo.reused_runs(old, setting, ["tpe_asha"])
+    assert sorted((r["method"], r["seed"]) for r in got) == [
+        ("random", 0), ("random", 1), ("random_asha", 0), ("random_asha", 1)
+    ]  # fmt: skip
+    later = {**setting, "asha": {**asha, "grace_period": 6}}  # ASHA changed: only `random` holds
+    assert {r["method"] for r in hpo.reused_runs(old, later, ["tpe_asha", "random_asha"])} == {
+        "random"
+    }
+    with pytest.raises(SystemExit, match="random_asha ran with ASHA"):
+        hpo.reused_runs(old, later, ["tpe_asha"])
+    with pytest.raises(SystemExit, match=r"setting\.budget_epochs is 40"):
+        hpo.reused_runs(old, {**setting, "budget_epochs": 80}, ["tpe_asha"])
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> None:
