@@ -14,7 +14,8 @@ values, everything else is fixed) run twice, one after the other:
   it replaced, in the same run and under the same load;
 * **floor** (once, first): K ``TorchTrainer.fit()`` calls of a function that returns at once, on a
   local Ray started the study's way: what Ray Train itself costs per run (its controller and
-  worker processes, each of which imports torch), whatever the study does around it.
+  worker processes, each of which imports torch), whatever the study does around it, split at
+  the moments the function's worker process started and the function ran (:func:`floor_phases`).
 
 Both use one torch thread for training and the same dataset (built before either is timed). Wall
 time is taken around each process, so both include Python and torch imports.
@@ -35,6 +36,7 @@ Usage::
     python bench/overhead.py                        # K = 2 trials at each of 4 sizes, ~17 min
     python bench/overhead.py --before d06b331       # + the study before this round, ~28 min
     python bench/overhead.py --sizes 5s --trials 1 --out /tmp/overhead.json   # smoke, ~1 min
+    python bench/overhead.py --floor-only --trials 5   # Ray Train's floor alone, ~2 min
 """
 
 from __future__ import annotations
@@ -236,8 +238,9 @@ def measure_floor(trials: int, work: Path) -> dict[str, Any]:
     cmd = [sys.executable, "bench/overhead.py", "--trials", str(trials), "--floor-out", str(out)]
     wall = _timed(cmd, work / "floor.log")
     got = json.loads(out.read_text())
-    fits = got["fit_s"]
-    return {**got, "wall_s": wall, "fit_s_mean": sum(fits) / len(fits)}
+    fits, phases = got["fit_s"], got["phases_s"]
+    mean = {k: sum(p[k] for p in phases) / len(phases) for k in phases[0]}
+    return {**got, "wall_s": wall, "fit_s_mean": sum(fits) / len(fits), "phases_s_mean": mean}
 
 
 def summarise(
@@ -310,27 +313,55 @@ def run_floor(trials: int, out: Path) -> None:
     use_auth_mode()
     start_local_ray(log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="overhead-floor-") as storage:
+        phases = []
 
-        def fit(name: str, fn: Any, config: dict[str, Any] | None = None) -> float:
-            t0 = time.perf_counter()
+        def fit(name: str, fn: Any, config: dict[str, Any]) -> float:
+            t0, start = time.perf_counter(), time.time()
             TorchTrainer(
                 fn,
                 train_loop_config=config,
                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1.0}),
                 run_config=RunConfig(name=name, storage_path=storage),
             ).fit()
+            if fn is _marks:
+                marks = json.loads(Path(config["out"]).read_text())
+                phases.append(floor_phases(start, marks, time.time()))
             return time.perf_counter() - t0
 
-        fits = [fit(f"floor-{i}", _noop) for i in range(trials)]
+        fits = [
+            fit(f"floor-{i}", _marks, {"out": f"{storage}/marks-{i}.json"}) for i in range(trials)
+        ]
         reports = Path(storage) / "reports.json"
         fit("reports", _time_reports, {"out": str(reports)})
         report_s = json.loads(reports.read_text())
     ray.shutdown()
-    out.write_text(json.dumps({"fit_s": fits, "report_s": report_s}) + "\n")
+    out.write_text(json.dumps({"fit_s": fits, "phases_s": phases, "report_s": report_s}) + "\n")
 
 
-def _noop() -> None:
-    """The Train function of the floor: nothing to import, nothing to train."""
+def floor_phases(start: float, marks: Mapping[str, float], end: float) -> dict[str, float]:
+    """Where one bare ``TorchTrainer.fit()`` from ``start`` to ``end`` (epoch seconds) spends its
+    time, from the ``marks`` its function took (:func:`_marks`), in the order things happen:
+
+    * ``to_worker_process``: the controller (a process of its own, which imports torch for the
+      Torch backend), the placement group, the helper actors, until the worker's process starts;
+    * ``worker_start``: the worker's own start-up (imports again, the Train context) until the
+      function runs;
+    * ``to_end``: the shutdown of the worker group and the controller after the function returns.
+    """
+    return {
+        "to_worker_process": marks["process_start"] - start,
+        "worker_start": marks["function_start"] - marks["process_start"],
+        "to_end": end - marks["function_start"],
+    }
+
+
+def _marks(config: dict[str, Any]) -> None:
+    """The Train function of the floor: nothing to train, nothing heavy to import; writes to
+    ``config["out"]`` when its process started and when it ran (epoch seconds)."""
+    import psutil  # a dependency of Ray's
+
+    marks = {"process_start": psutil.Process().create_time(), "function_start": time.time()}
+    Path(config["out"]).write_text(json.dumps(marks))
 
 
 #: bytes of the checkpoint ``_time_reports`` attaches: a tiny-clip trial's (weights, best weights,
@@ -368,6 +399,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--before",
         metavar="GIT_REF",
         help=f"also run the study with this commit's code, side by side (e.g. {BEFORE_REDUCTIONS})",
+    )
+    p.add_argument(
+        "--floor-only",
+        action="store_true",
+        help="measure only Ray Train's floor (K bare fits and their phases); writes overhead_floor",
     )
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
@@ -416,8 +452,11 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
             f"Ray Train's floor: {floor['fit_s_mean']:.1f} s per TorchTrainer.fit(); a report "
             f"{floor['report_s']['metrics_only'] * 1e3:.0f} ms, with a 3-MB checkpoint "
             f"{floor['report_s']['with_checkpoint'] * 1e3:.0f} ms",
+            "; per fit: " + ", ".join(f"{k} {v:.1f} s" for k, v in floor["phases_s_mean"].items()),
             flush=True,
         )
+        if args.floor_only:
+            return _write_floor(floor, argv, args.out)
         rows = []
         for size in args.sizes:
             what = f"the study at {args.before}, then now, then" if before else "the study, then"
@@ -425,6 +464,23 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
             rows.append(measure(size, args.trials, work, before))
             _print_table(rows[-1:])
     _print_table(rows)
+    return _write(rows, floor, args, argv)
+
+
+def _write_floor(floor: dict[str, Any], argv: Sequence[str], out: Path | None) -> Path:
+    name = "Ray Train's floor: seconds per TorchTrainer.fit() of a function that returns at once"
+    command = "python bench/overhead.py " + " ".join(argv)
+    payload = {"setting": {"command": command}, "floor": floor}
+    path = write_result(
+        "overhead_floor", headline(name, floor["fit_s_mean"], "s"), payload, out=out
+    )
+    print(f"wrote {path}")
+    return path
+
+
+def _write(
+    rows: list[dict[str, Any]], floor: dict[str, Any], args: argparse.Namespace, argv: Sequence[str]
+) -> Path:
     row = next((r for r in rows if r["size"] == HEADLINE_SIZE), rows[0])
     first = row["study"]
     name = f"study wall / plain wall, {row['size']} trials (K = {args.trials})"
@@ -443,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     }
     path = write_result("overhead", head, payload, out=args.out)
     print(f"wrote {path}")
-    if before:
+    if args.before:
         print(f"before ({args.before}): {row['before']['ratio']:.2f}x")
     print(f"headline: {name} = {first['ratio']:.2f}x")
     return path

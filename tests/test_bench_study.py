@@ -74,6 +74,15 @@ def test_overhead_summarise_splits_the_extra_time() -> None:
     assert got["max_abs_metric_diff"] == pytest.approx(1e-9)  # matched by alpha, not by order
 
 
+def test_floor_phases_split_a_fit_at_its_function_marks() -> None:
+    marks = {"process_start": 107.0, "function_start": 111.5}
+    assert overhead.floor_phases(100.0, marks, 113.0) == {
+        "to_worker_process": 7.0,
+        "worker_start": 4.5,
+        "to_end": 1.5,
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_overhead_smoke_study_and_plain_train_the_same_model(tmp_path: Path) -> None:
@@ -91,6 +100,11 @@ def test_overhead_smoke_study_and_plain_train_the_same_model(tmp_path: Path) -> 
     (floor,) = doc["floor"]["fit_s"]  # one bare TorchTrainer.fit() per trial
     assert 0 < doc["floor"]["report_s"]["metrics_only"] < 0.5
     assert 0 < floor < study["wall_s"]
+    phases = doc["floor"]["phases_s"][0]  # split at the marks its function took
+    assert set(phases) == {"to_worker_process", "worker_start", "to_end"}
+    assert all(v >= 0 for v in phases.values()) and sum(phases.values()) == pytest.approx(
+        floor, abs=0.2
+    )
     assert doc["machine"]["cpu"]
 
 
