@@ -157,9 +157,10 @@ def test_reused_runs_only_where_nothing_that_decides_them_changed(tmp_path: Path
     asha = {"max_t": 10, "grace_period": 4, "reduction_factor": 2.0}
     setting = {"fixed": {"seed": 0}, "budget_epochs": 40, "seeds": [0, 1], "asha": asha}
     methods = {
-        m: dict(zip(("sampler", "scheduler"), hpo.METHODS[m], strict=True)) for m in hpo.METHODS
+        m: dict(zip(("sampler", "scheduler"), hpo.METHODS[m], strict=True))
+        for m in hpo.DEFAULT_METHODS
     }
-    runs = [{"method": m, "seed": s, "reports": []} for m in hpo.METHODS for s in (0, 1)]
+    runs = [{"method": m, "seed": s, "reports": []} for m in hpo.DEFAULT_METHODS for s in (0, 1)]
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"setting": {**setting, "methods": methods}, "runs": runs}))
     got = hpo.reused_runs(old, setting, ["tpe_asha"])
@@ -194,7 +195,7 @@ def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> No
     assert hpo.main(argv) == out
     doc = json.loads(out.read_text())
     runs = {r["method"]: r for r in doc["runs"]}
-    assert set(runs) == set(hpo.METHODS)
+    assert set(runs) == set(hpo.DEFAULT_METHODS)
     for run in runs.values():
         assert len(run["reports"]) == budget
         curve = hpo.best_so_far(run["reports"], budget)
