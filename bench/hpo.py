@@ -383,6 +383,10 @@ def _launch(
     return record
 
 
+def _method_setting(method: str) -> dict[str, str]:
+    return dict(zip(("sampler", "scheduler"), METHODS[method], strict=True))
+
+
 def _setting(args: argparse.Namespace, spec: SearchSpec, argv: Sequence[str]) -> dict[str, Any]:
     """What the result file records about how the runs were set up."""
     s = spec.study
@@ -396,9 +400,7 @@ def _setting(args: argparse.Namespace, spec: SearchSpec, argv: Sequence[str]) ->
         },
         "budget_epochs": args.budget,
         "seeds": args.seeds,
-        "methods": {
-            m: dict(zip(("sampler", "scheduler"), METHODS[m], strict=True)) for m in args.methods
-        },
+        "methods": {m: _method_setting(m) for m in args.methods},
         "reused_from": str(args.reuse) if args.reuse else None,
         "command": "python bench/hpo.py " + " ".join(argv),
     }
@@ -438,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     setting = _setting(args, spec, argv)
     reused = reused_runs(args.reuse, setting, args.methods) if args.reuse else []
     for m in dict.fromkeys(r["method"] for r in reused):
-        setting["methods"][m] = dict(zip(("sampler", "scheduler"), METHODS[m], strict=True))
+        setting["methods"][m] = _method_setting(m)
     ensure_dataset(spec.base_config().data)  # build once, before the runs race
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
