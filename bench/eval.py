@@ -195,7 +195,8 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     dev, dtype = torch.device(args.device), DTYPES[args.dtype]
     cuda = dev.type == "cuda"
     p = _to(make_problem(args.items[0], args.users, args.dim, args.history, args.seed), dev, dtype)
-    kernel = _load_kernel() if args.method == "ours" and _fused(args, dev) else None
+    fused = evaluate.counts_with_kernel(dev, args.items[0] * args.users)
+    kernel = _load_kernel() if args.method == "ours" and fused else None
     warm = make_problem(512, 64, args.dim, 4, args.seed + 1)  # first-call costs (BLAS init)
     run_method(args.method, _to(warm, dev, dtype), args.user_batch_size, min(args.item_chunk, 256))
     cuda_before = 0
@@ -221,11 +222,6 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     if kernel is not None:
         out["kernel_load"] = kernel
     return out
-
-
-def _fused(args: argparse.Namespace, dev: torch.device) -> bool:
-    """Whether ``rank_targets`` counts this problem with the numba kernel."""
-    return dev.type == "cpu" and args.items[0] * args.users >= evaluate.FUSED_MIN_PAIRS
 
 
 def _load_kernel() -> dict[str, float]:

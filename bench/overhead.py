@@ -313,24 +313,23 @@ def run_floor(trials: int, out: Path) -> None:
     use_auth_mode()
     start_local_ray(log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="overhead-floor-") as storage:
-        phases = []
 
         def fit(name: str, fn: Any, config: dict[str, Any]) -> float:
-            t0, start = time.perf_counter(), time.time()
+            t0 = time.perf_counter()
             TorchTrainer(
                 fn,
                 train_loop_config=config,
                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1.0}),
                 run_config=RunConfig(name=name, storage_path=storage),
             ).fit()
-            if fn is _marks:
-                marks = json.loads(Path(config["out"]).read_text())
-                phases.append(floor_phases(start, marks, time.time()))
             return time.perf_counter() - t0
 
-        fits = [
-            fit(f"floor-{i}", _marks, {"out": f"{storage}/marks-{i}.json"}) for i in range(trials)
-        ]
+        fits, phases = [], []
+        for i in range(trials):
+            marks = Path(storage) / f"marks-{i}.json"
+            start = time.time()
+            fits.append(fit(f"floor-{i}", _marks, {"out": str(marks)}))
+            phases.append(floor_phases(start, json.loads(marks.read_text()), time.time()))
         reports = Path(storage) / "reports.json"
         fit("reports", _time_reports, {"out": str(reports)})
         report_s = json.loads(reports.read_text())

@@ -156,10 +156,7 @@ def test_trial_counts_and_summary() -> None:
 def test_reused_runs_only_where_nothing_that_decides_them_changed(tmp_path: Path) -> None:
     asha = {"max_t": 10, "grace_period": 4, "reduction_factor": 2.0}
     setting = {"fixed": {"seed": 0}, "budget_epochs": 40, "seeds": [0, 1], "asha": asha}
-    methods = {
-        m: dict(zip(("sampler", "scheduler"), hpo.METHODS[m], strict=True))
-        for m in hpo.DEFAULT_METHODS
-    }
+    methods = {m: hpo._method_setting(m) for m in hpo.DEFAULT_METHODS}
     runs = [{"method": m, "seed": s, "reports": []} for m in hpo.DEFAULT_METHODS for s in (0, 1)]
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"setting": {**setting, "methods": methods}, "runs": runs}))

@@ -191,6 +191,13 @@ of this size saves most of the kernel's one-off load (0.5-0.7 s of CPU per proce
 later call in the process (validation each epoch) saves it all. Smaller problems, such as a
 default study's validation, never import numba."""
 
+
+def counts_with_kernel(device: torch.device, pairs: int) -> bool:
+    """Whether :func:`rank_targets` counts ``pairs`` scored (user, item) pairs on ``device`` with
+    the numba kernel (CPU, at least :data:`FUSED_MIN_PAIRS`)."""
+    return device.type == "cpu" and pairs >= FUSED_MIN_PAIRS
+
+
 _EXACT_COUNT = 2**24 - 1  #: float32 holds every integer count up to here exactly
 
 
@@ -411,7 +418,7 @@ def rank_targets(
     _validate(queries, items, tgt, indptr, seen)
     cand = items[1:]  # [N, D]: candidate index j is item id j + 1
     tile = score_tile(dev, user_batch_size, item_chunk)
-    fused = dev.type == "cpu" and len(tgt) * cand.shape[0] >= FUSED_MIN_PAIRS
+    fused = counts_with_kernel(dev, len(tgt) * cand.shape[0])
     step = tile[0] * max(1, PASS_USERS // tile[0])  # whole tiles of users per pass
     parts = []
     for p0 in range(0, len(tgt), step):
