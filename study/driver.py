@@ -2,8 +2,8 @@
 
 Train V2 pattern (docs/ARCHITECTURE.md, "Ray traps"): Tune runs :func:`run_trial` once per trial
 with a small CPU share; it builds a ``TorchTrainer`` whose workers run
-:func:`study.worker.train_loop_per_worker`, and ``TuneReportCallback`` forwards rank 0's per-epoch
-reports to the trial. The Train run is named ``train-<trial id>`` with no timestamp, so a retried
+:func:`study.worker.train_loop_per_worker`, and :mod:`study.bridge` forwards rank 0's per-epoch
+reports to the trial, the last one included. The Train run is named ``train-<trial id>`` with no timestamp, so a retried
 or restored trial resumes from its checkpoint.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 # static stubs still describe V1, hence the two type-ignores below.
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
+from study.bridge import ReportQueue, fit_reporting
 from study.search_space import trial_config
 from study.worker import train_loop_per_worker
 from vlm2rec.config import to_dict
@@ -48,6 +48,7 @@ def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
     resources = {"CPU": plan.cpus_per_worker}
     if plan.gpus_per_worker:
         resources["GPU"] = plan.gpus_per_worker
+    reports = ReportQueue()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": to_dict(cfg), "threads": cpu_threads},
@@ -59,7 +60,7 @@ def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
         run_config=RunConfig(
             name=f"train-{trial_id}",
             storage_path=plan.train_storage,
-            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
+            callbacks=[reports],  # type: ignore[list-item]
             failure_config=FailureConfig(  # type: ignore[call-arg]
                 max_failures=plan.max_failures,
                 controller_failure_limit=plan.controller_failure_limit,
@@ -67,4 +68,4 @@ def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    trainer.fit()
+    fit_reporting(trainer, reports)
