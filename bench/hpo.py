@@ -9,7 +9,12 @@ Three ways to spend the same budget of training epochs on the default study's sp
   ``reduction_factor``);
 * ``random_asha``: the same, with optuna's random sampler;
 * ``random``: random sampler, no scheduler (every trial trains ``max_t`` epochs);
-* ``gp_asha`` (only with ``--methods``): optuna's GP sampler with ASHA.
+* ``gp_asha`` and ``tpe`` (only with ``--methods``): optuna's GP sampler with ASHA; TPE without
+  a scheduler.
+
+Optuna 5's ``TPESampler`` is multivariate by default for a single objective (its
+``multivariate=None``), so ``tpe_asha`` measures multivariate TPE. ``--startup-trials`` sets the
+model-based samplers' random startup trials (the space's ``n_startup_trials`` otherwise).
 
 The searcher and scheduler objects are built by the study's own helpers (``make_sampler``,
 ``to_tune_param_space``, ``make_scheduler``), so this measures the product's search. Trials run
@@ -76,6 +81,7 @@ METHODS: dict[str, tuple[Sampler, Scheduler]] = {
     "random_asha": ("random", "asha"),
     "random": ("random", "none"),
     "gp_asha": ("gp", "asha"),  # measured on request (--methods): not what the study runs
+    "tpe": ("tpe", "none"),  # on request too
 }
 DEFAULT_METHODS = ("tpe_asha", "random_asha", "random")
 BASELINE = "random_asha"  #: the headline's reference: the same scheduler, a random sampler
@@ -99,6 +105,8 @@ def bench_spec(args: argparse.Namespace) -> SearchSpec:
     study = spec.study
     if args.grace_period is not None:
         study = dataclasses.replace(study, grace_period=args.grace_period)
+    if args.startup_trials is not None:
+        study = dataclasses.replace(study, n_startup_trials=args.startup_trials)
     return dataclasses.replace(spec, fixed=fixed, study=study)
 
 
@@ -340,6 +348,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--grace-period", type=int, default=None, help="ASHA grace period (default: the space's)"
     )
     p.add_argument(
+        "--startup-trials",
+        type=int,
+        default=None,
+        help="random trials before TPE/GP model the landscape (default: the space's)",
+    )
+    p.add_argument(
         "--reuse",
         type=Path,
         default=None,
@@ -398,6 +412,7 @@ def _setting(args: argparse.Namespace, spec: SearchSpec, argv: Sequence[str]) ->
             "grace_period": s.grace_period,
             "reduction_factor": s.reduction_factor,
         },
+        "startup_trials": s.startup_trials,
         "budget_epochs": args.budget,
         "seeds": args.seeds,
         "methods": {m: _method_setting(m) for m in args.methods},
@@ -408,8 +423,8 @@ def _setting(args: argparse.Namespace, spec: SearchSpec, argv: Sequence[str]) ->
 
 def reused_runs(path: Path, setting: Mapping[str, Any], run: Sequence[str]) -> list[dict[str, Any]]:
     """The runs in ``path`` of the methods not in ``run``, refused (SystemExit) unless they were
-    made with what decides their values: the same fixed overrides, budget and seeds, and the same
-    ASHA settings for a method that uses ASHA."""
+    made with what decides their values: the same fixed overrides, budget and seeds, the same ASHA
+    settings for a method that uses ASHA and the same startup trials for a model-based sampler."""
     old = json.loads(path.read_text())
     was = old["setting"]
     for key in ("fixed", "budget_epochs", "seeds"):
@@ -422,6 +437,12 @@ def reused_runs(path: Path, setting: Mapping[str, Any], run: Sequence[str]) -> l
         if was["methods"][m]["scheduler"] == "asha" and was["asha"] != setting["asha"]:
             raise SystemExit(
                 f"--reuse {path}: {m} ran with ASHA {was['asha']}, this run has {setting['asha']}"
+            )
+        startup = was.get("startup_trials")  # None: a file from before it was recorded
+        if was["methods"][m]["sampler"] != "random" and startup != setting["startup_trials"]:
+            raise SystemExit(
+                f"--reuse {path}: {m} ran with {startup} startup trials, this run has "
+                f"{setting['startup_trials']}"
             )
     return [r for r in old["runs"] if r["method"] in methods]
 

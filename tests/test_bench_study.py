@@ -156,6 +156,7 @@ def test_trial_counts_and_summary() -> None:
 def test_reused_runs_only_where_nothing_that_decides_them_changed(tmp_path: Path) -> None:
     asha = {"max_t": 10, "grace_period": 4, "reduction_factor": 2.0}
     setting = {"fixed": {"seed": 0}, "budget_epochs": 40, "seeds": [0, 1], "asha": asha}
+    setting["startup_trials"] = 3
     methods = {m: hpo._method_setting(m) for m in hpo.DEFAULT_METHODS}
     runs = [{"method": m, "seed": s, "reports": []} for m in hpo.DEFAULT_METHODS for s in (0, 1)]
     old = tmp_path / "old.json"
@@ -172,6 +173,12 @@ def test_reused_runs_only_where_nothing_that_decides_them_changed(tmp_path: Path
         hpo.reused_runs(old, later, ["tpe_asha"])
     with pytest.raises(SystemExit, match=r"setting\.budget_epochs is 40"):
         hpo.reused_runs(old, {**setting, "budget_epochs": 80}, ["tpe_asha"])
+    fewer = {**setting, "startup_trials": 1}  # random samplers have no startup: both still hold
+    assert {r["method"] for r in hpo.reused_runs(old, fewer, ["tpe_asha"])} == {
+        "random", "random_asha"
+    }  # fmt: skip
+    with pytest.raises(SystemExit, match="tpe_asha ran with 3 startup trials, this run has 1"):
+        hpo.reused_runs(old, fewer, ["random"])
 
 
 @pytest.mark.slow
