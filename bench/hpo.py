@@ -105,6 +105,8 @@ def bench_spec(args: argparse.Namespace) -> SearchSpec:
     study = spec.study
     if args.grace_period is not None:
         study = dataclasses.replace(study, grace_period=args.grace_period)
+    if args.reduction_factor is not None:
+        study = dataclasses.replace(study, reduction_factor=args.reduction_factor)
     if args.startup_trials is not None:
         study = dataclasses.replace(study, n_startup_trials=args.startup_trials)
     return dataclasses.replace(spec, fixed=fixed, study=study)
@@ -346,6 +348,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--grace-period", type=int, default=None, help="ASHA grace period (default: the space's)"
+    )
+    p.add_argument(
+        "--reduction-factor",
+        type=float,
+        default=None,
+        help="ASHA reduction factor (default: the space's)",
     )
     p.add_argument(
         "--startup-trials",
