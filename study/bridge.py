@@ -19,9 +19,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import ray
 import ray.tune
 from ray.train import UserCallback
 from ray.util.queue import Empty, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 __all__ = ["ReportQueue", "fit_reporting"]
 
@@ -39,8 +41,13 @@ class ReportQueue(UserCallback):
     """
 
     def __init__(self) -> None:
+        # On the trial function's node: an actor that needs no resources may be placed anywhere,
+        # and a lost worker node must not take the queue of a trial that resumes.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         #: one report at a time: Train waits for the trial to take a report before the next
-        self.queue: Queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
+        self.queue: Queue = Queue(
+            maxsize=1, actor_options={"num_cpus": 0, "scheduling_strategy": here}
+        )
 
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any

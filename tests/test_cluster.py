@@ -46,6 +46,7 @@ def run_drill(mode: str, work: Path, timeout: float) -> dict[str, Any]:
     result_file = work / "result.json"
     assert result_file.exists(), f"the drill died (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
     result: dict[str, Any] = json.loads(result_file.read_text())
+    assert proc.returncode == 0, f"the drill raised (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
     assert "failed" not in result, result["failed"]
     return result
 
