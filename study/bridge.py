@@ -75,9 +75,8 @@ def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
     thread.start()
     try:
         while True:
-            running = (
-                thread.is_alive()
-            )  # read before the queue: a report put later is seen next turn
+            # Read before the queue: a report put after this is seen on the next turn.
+            running = thread.is_alive()
             try:
                 ray.tune.report(reports.queue.get(timeout=_POLL_S))
             except Empty:

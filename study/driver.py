@@ -3,8 +3,8 @@
 Train V2 pattern (docs/ARCHITECTURE.md, "Ray traps"): Tune runs :func:`run_trial` once per trial
 with a small CPU share; it builds a ``TorchTrainer`` whose workers run
 :func:`study.worker.train_loop_per_worker`, and :mod:`study.bridge` forwards rank 0's per-epoch
-reports to the trial, the last one included. The Train run is named ``train-<trial id>`` with no timestamp, so a retried
-or restored trial resumes from its checkpoint.
+reports to the trial, the last one included. The Train run is named ``train-<trial id>`` with no
+timestamp, so a retried or restored trial resumes from its checkpoint.
 """
 
 from __future__ import annotations
