@@ -299,9 +299,22 @@ def raylets() -> dict[str, int]:
 
 
 def nodes() -> list[dict[str, Any]]:
+    """The cluster's nodes, from the state API (the head's dashboard; a fresh one may take a few
+    seconds to answer, so this waits up to 60 s for it)."""
     from ray.util.state import list_nodes
+    from ray.util.state.exception import ServerUnavailable
 
-    return [n.__dict__ for n in list_nodes(address="127.0.0.1:6379", detail=True)]
+    listed: list[Any] = []
+
+    def answered() -> bool:
+        try:
+            listed[:] = list_nodes(address="127.0.0.1:6379", detail=True)
+        except ServerUnavailable:
+            return False
+        return True
+
+    wait_until(answered, 60, "the state API", 1.0)
+    return [n.__dict__ for n in listed]
 
 
 def first_report(study_dir: Path) -> str | None:
