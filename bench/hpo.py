@@ -102,13 +102,12 @@ def bench_spec(args: argparse.Namespace) -> SearchSpec:
     fixed.update(dict(parse_override(s) for s in args.set))
     synth = dataclasses.replace(spec, fixed=fixed).base_config().data.synthetic
     fixed["data.path"] = str(args.data_root.resolve() / f"bench-hpo-{config_hash(synth)}")
-    study = spec.study
-    if args.grace_period is not None:
-        study = dataclasses.replace(study, grace_period=args.grace_period)
-    if args.reduction_factor is not None:
-        study = dataclasses.replace(study, reduction_factor=args.reduction_factor)
-    if args.startup_trials is not None:
-        study = dataclasses.replace(study, n_startup_trials=args.startup_trials)
+    given = {
+        "grace_period": args.grace_period,
+        "reduction_factor": args.reduction_factor,
+        "n_startup_trials": args.startup_trials,
+    }
+    study = dataclasses.replace(spec.study, **{k: v for k, v in given.items() if v is not None})
     return dataclasses.replace(spec, fixed=fixed, study=study)
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from ray.tune import Callback
 
+from study.bridge import CHECKPOINT_PATH_KEY
 from study.leaderboard import build_rows, write_leaderboard
 from study.progress import StudyProgress
 from study.records import (
@@ -172,8 +173,8 @@ class StudyRecorder(Callback):
             self._record(trial).with_report(row),
             wall_s=float(result.get("time_total_s", 0.0)),
         )
-        if result.get("checkpoint_path"):
-            record = dataclasses.replace(record, checkpoint_path=str(result["checkpoint_path"]))
+        if result.get(CHECKPOINT_PATH_KEY):
+            record = dataclasses.replace(record, checkpoint_path=str(result[CHECKPOINT_PATH_KEY]))
         write_record(self.ctx.folder, record)
         curves = {k: v for k, v in row.items() if k.startswith(_CURVE_PREFIXES)}
         self._board(record).report(curves, int(row["epoch"]), None)
