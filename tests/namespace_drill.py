@@ -118,6 +118,10 @@ def isolate(work: Path) -> Path:
     (work / "passwd").write_text("".join(":".join(f) + "\n" for f in rows))
     must("mount", "--bind", work / "passwd", "/etc/passwd")
     (work / "tmp").mkdir()
+    # Nothing of the caller's Ray: the suite's own local Ray exports RAY_API_SERVER_ADDRESS, which
+    # would point this drill's state API calls at a port in another network namespace.
+    for key in [k for k in os.environ if k.startswith(("RAY_", "TUNE_")) or k == "VIRTUAL_ENV"]:
+        os.environ.pop(key)
     os.environ.update(
         HOME=str(home),
         TMPDIR=str(work / "tmp"),  # other programs' temporary files
@@ -126,8 +130,6 @@ def isolate(work: Path) -> Path:
         PATH=f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         RAY_USAGE_STATS_ENABLED="0",
     )
-    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "VIRTUAL_ENV"):
-        os.environ.pop(key, None)
     return home
 
 
@@ -299,22 +301,9 @@ def raylets() -> dict[str, int]:
 
 
 def nodes() -> list[dict[str, Any]]:
-    """The cluster's nodes, from the state API (the head's dashboard; a fresh one may take a few
-    seconds to answer, so this waits up to 60 s for it)."""
     from ray.util.state import list_nodes
-    from ray.util.state.exception import ServerUnavailable
 
-    listed: list[Any] = []
-
-    def answered() -> bool:
-        try:
-            listed[:] = list_nodes(address="127.0.0.1:6379", detail=True)
-        except ServerUnavailable:
-            return False
-        return True
-
-    wait_until(answered, 60, "the state API", 1.0)
-    return [n.__dict__ for n in listed]
+    return [n.__dict__ for n in list_nodes(address="127.0.0.1:6379", detail=True)]
 
 
 def first_report(study_dir: Path) -> str | None:
