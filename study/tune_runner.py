@@ -200,9 +200,10 @@ def start_local_ray(**init_kwargs: Any) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**LOCAL_RAY_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    for key, value in env.items():
+    for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
+    # Always ours: an inherited address names another Ray's dashboard, not the one started here.
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ensure_private_token()
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **init_kwargs)
 

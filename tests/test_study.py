@@ -91,6 +91,28 @@ def test_ray_processes_find_our_dashboard_beside_another_ray(
     assert ray.get(state_api_call.remote(), timeout=60) >= 0
 
 
+#: a study's local Ray started where RAY_API_SERVER_ADDRESS names another dashboard (here a port
+#: nothing listens on), as in a shell that ran another Ray: its workers must still find its own
+STALE_DASHBOARD = (
+    "import os, ray; os.environ['RAY_API_SERVER_ADDRESS'] = 'http://127.0.0.1:9'; "
+    "from study.tune_runner import start_local_ray, use_auth_mode; use_auth_mode(); "
+    "start_local_ray(num_cpus=1, log_to_driver=False); "
+    "from ray.util.state import list_nodes; "
+    "print(ray.get(ray.remote(num_cpus=0)(lambda: len(list_nodes())).remote(), timeout=60))"
+)
+
+
+def test_a_stale_dashboard_address_does_not_mislead_a_local_study() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = str(Path(run_search.__file__).parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", STALE_DASHBOARD], env=env, capture_output=True, text=True,
+        timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "1"
+
+
 def test_no_placement_group_outlives_the_study(finished_study: Path) -> None:
     from ray.util import placement_group_table
 
