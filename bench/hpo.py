@@ -10,7 +10,10 @@ Three ways to spend the same budget of training epochs on the default study's sp
 * ``random_asha``: the same, with optuna's random sampler;
 * ``random``: random sampler, no scheduler (every trial trains ``max_t`` epochs);
 * ``gp_asha`` and ``tpe`` (only with ``--methods``): optuna's GP sampler with ASHA; TPE without
-  a scheduler.
+  a scheduler;
+* ``tpe_asha_complete`` (only with ``--methods``): TPE + ASHA through Ray's own ``OptunaSearch``,
+  which stores an ASHA-stopped trial as COMPLETE with its last value, as the study did before
+  ``StudySearcher``: what recording those trials PRUNED changes.
 
 Optuna 5's ``TPESampler`` is multivariate by default for a single objective (its
 ``multivariate=None``), so ``tpe_asha`` measures multivariate TPE. ``--startup-trials`` sets the
@@ -82,7 +85,10 @@ METHODS: dict[str, tuple[Sampler, Scheduler]] = {
     "random": ("random", "none"),
     "gp_asha": ("gp", "asha"),  # measured on request (--methods): not what the study runs
     "tpe": ("tpe", "none"),  # on request too
+    "tpe_asha_complete": ("tpe", "asha"),  # on request too: stopped trials COMPLETE, not PRUNED
 }
+#: methods searched with Ray's ``OptunaSearch`` instead of the study's ``StudySearcher``
+STOPPED_AS_COMPLETE = frozenset({"tpe_asha_complete"})
 DEFAULT_METHODS = ("tpe_asha", "random_asha", "random")
 BASELINE = "random_asha"  #: the headline's reference: the same scheduler, a random sampler
 METRIC = "val/ndcg@10"
@@ -138,11 +144,22 @@ def hpo_trial(params: dict[str, Any], base: dict[str, Any], threads: int) -> Non
         fit(apply_overrides(from_dict(base), plain), reporter=TuneReporter(), checkpoint_root=ckpt)
 
 
-def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[dict[str, Any]]:
+def searcher(spec: SearchSpec, method: str) -> Any:
+    """The study's searcher, or Ray's own ``OptunaSearch`` for :data:`STOPPED_AS_COMPLETE`."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from study.searcher import StudySearcher
+
+    cls = OptunaSearch if method in STOPPED_AS_COMPLETE else StudySearcher
+    return cls(metric=spec.study.metric, mode=spec.study.mode, sampler=make_sampler(spec))
+
+
+def tune_run(
+    spec: SearchSpec, method: str, name: str, budget: int, storage: Path
+) -> list[dict[str, Any]]:
     """One Tune run until ``budget`` epochs are reported; every report as ``{trial, epoch, value, params}``."""
     from ray import tune
 
-    from study.searcher import StudySearcher
     from study.tune_runner import make_scheduler
 
     s = spec.study
@@ -178,7 +195,7 @@ def tune_run(spec: SearchSpec, name: str, budget: int, storage: Path) -> list[di
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
-            search_alg=StudySearcher(metric=s.metric, mode=s.mode, sampler=make_sampler(spec)),
+            search_alg=searcher(spec, method),
             scheduler=make_scheduler(s),
             num_samples=budget,  # every trial spends >= 1 epoch: the budget runs out first
             max_concurrent_trials=1,
@@ -204,7 +221,7 @@ def run_child(args: argparse.Namespace) -> None:
     ray.init(address=args.address, logging_level=logging.WARNING)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-hpo-tune-") as storage:
-        reports = tune_run(spec, f"{method}-s{seed}", args.budget, Path(storage))
+        reports = tune_run(spec, method, f"{method}-s{seed}", args.budget, Path(storage))
     record = {
         "method": method,
         "seed": int(seed),
@@ -398,14 +415,17 @@ def _launch(
     record = json.loads(out.read_text())
     best = max(r["value"] for r in record["reports"])
     print(
-        f"  {method:<12} seed {seed}: best {best:.4f}, {len(record['reports'])} epochs, {record['wall_s']:.0f} s",
+        f"  {method:<17} seed {seed}: best {best:.4f}, {len(record['reports'])} epochs, {record['wall_s']:.0f} s",
         flush=True,
     )
     return record
 
 
 def _method_setting(method: str) -> dict[str, str]:
-    return dict(zip(("sampler", "scheduler"), METHODS[method], strict=True))
+    setting = dict(zip(("sampler", "scheduler"), METHODS[method], strict=True))
+    if method in STOPPED_AS_COMPLETE:
+        setting["stopped_trials"] = "complete"
+    return setting
 
 
 def _setting(args: argparse.Namespace, spec: SearchSpec, argv: Sequence[str]) -> dict[str, Any]:

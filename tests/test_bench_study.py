@@ -181,6 +181,26 @@ def test_reused_runs_only_where_nothing_that_decides_them_changed(tmp_path: Path
         hpo.reused_runs(old, fewer, ["random"])
 
 
+@pytest.mark.parametrize(
+    ("method", "state"), [("tpe_asha", "PRUNED"), ("tpe_asha_complete", "COMPLETE")]
+)
+def test_an_asha_stopped_trial_reaches_optuna_as_the_method_says(method: str, state: str) -> None:
+    """A trial that reports epochs 1 and 2 and is stopped there (no ``test/*`` in its last
+    report), driven as Tune drives the searcher."""
+    from ray import tune
+
+    spec = load_search_spec(hpo.DEFAULT_SPACE)
+    searcher = hpo.searcher(hpo.method_spec(spec, method, seed=0), method)
+    assert searcher.set_search_properties(None, None, {"loss.alpha": tune.uniform(0.0, 1.0)})
+    assert searcher.suggest("t") is not None
+    metric = spec.study.metric
+    searcher.on_trial_result("t", {"epoch": 1, "training_iteration": 1, metric: 0.2})
+    searcher.on_trial_complete("t", {"epoch": 2, "training_iteration": 2, metric: 0.25})
+    (trial,) = searcher._ot_study.get_trials()
+    assert trial.state.name == state and trial.value == 0.25
+    assert hpo._method_setting(method).get("stopped_trials", "pruned") == state.lower()
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> None:
