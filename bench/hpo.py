@@ -60,8 +60,6 @@ from pathlib import Path
 from typing import Any
 
 # bench/ is a folder of scripts, not a package: put it on the path so `common` imports from anywhere.
-# `study` is a folder of the repository, not an installed package: the repository root too.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import headline, mean_std, write_result

@@ -430,7 +430,6 @@ def worktree(ref: str, parent: Path) -> Iterator[Path]:
 def main(argv: Sequence[str] | None = None) -> Path | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
-    sys.path.insert(0, str(ROOT))  # `study` is a folder of the repository, not an installed package
     if args.plain:
         run_plain(args.plain, args.plain_out)
         return None
