@@ -13,7 +13,10 @@ Three ways to spend the same budget of training epochs on the default study's sp
   a scheduler;
 * ``tpe_asha_complete`` (only with ``--methods``): TPE + ASHA through Ray's own ``OptunaSearch``,
   which stores an ASHA-stopped trial as COMPLETE with its last value, as the study did before
-  ``StudySearcher``: what recording those trials PRUNED changes.
+  ``StudySearcher``: what recording those trials PRUNED changes;
+* ``tpe_asha_wide`` (only with ``--methods``): TPE + ASHA whose "good" group is the best quarter
+  of the trials (``ceil(0.25 n)``) instead of Optuna's tenth (``default_gamma``), which is a
+  single trial below 11.
 
 Optuna 5's ``TPESampler`` is multivariate by default for a single objective (its
 ``multivariate=None``), so ``tpe_asha`` measures multivariate TPE. ``--startup-trials`` sets the
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -84,9 +88,19 @@ METHODS: dict[str, tuple[Sampler, Scheduler]] = {
     "gp_asha": ("gp", "asha"),  # measured on request (--methods): not what the study runs
     "tpe": ("tpe", "none"),  # on request too
     "tpe_asha_complete": ("tpe", "asha"),  # on request too: stopped trials COMPLETE, not PRUNED
+    "tpe_asha_wide": ("tpe", "asha"),  # on request too: TPE's good group a quarter of the trials
 }
 #: methods searched with Ray's ``OptunaSearch`` instead of the study's ``StudySearcher``
 STOPPED_AS_COMPLETE = frozenset({"tpe_asha_complete"})
+#: method -> the fraction of the trials TPE models as good (Optuna's default: 0.1, at most 25)
+GOOD_FRACTION = {"tpe_asha_wide": 0.25}
+
+
+def good_group(fraction: float, n: int) -> int:
+    """TPE's ``gamma``: how many of ``n`` trials form the good group (Optuna's form, another fraction)."""
+    return min(math.ceil(fraction * n), 25)
+
+
 DEFAULT_METHODS = ("tpe_asha", "random_asha", "random")
 BASELINE = "random_asha"  #: the headline's reference: the same scheduler, a random sampler
 METRIC = "val/ndcg@10"
@@ -144,12 +158,19 @@ def hpo_trial(params: dict[str, Any], base: dict[str, Any], threads: int) -> Non
 
 def searcher(spec: SearchSpec, method: str) -> Any:
     """The study's searcher, or Ray's own ``OptunaSearch`` for :data:`STOPPED_AS_COMPLETE`."""
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     from study.searcher import StudySearcher
 
+    sampler = make_sampler(spec)
+    if method in GOOD_FRACTION:
+        gamma = functools.partial(good_group, GOOD_FRACTION[method])
+        sampler = optuna.samplers.TPESampler(
+            seed=spec.study.sampler_seed, n_startup_trials=spec.study.startup_trials, gamma=gamma
+        )
     cls = OptunaSearch if method in STOPPED_AS_COMPLETE else StudySearcher
-    return cls(metric=spec.study.metric, mode=spec.study.mode, sampler=make_sampler(spec))
+    return cls(metric=spec.study.metric, mode=spec.study.mode, sampler=sampler)
 
 
 def tune_run(
@@ -423,6 +444,8 @@ def _method_setting(method: str) -> dict[str, str]:
     setting = dict(zip(("sampler", "scheduler"), METHODS[method], strict=True))
     if method in STOPPED_AS_COMPLETE:
         setting["stopped_trials"] = "complete"
+    if method in GOOD_FRACTION:
+        setting["good_fraction"] = str(GOOD_FRACTION[method])
     return setting
 
 
