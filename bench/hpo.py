@@ -94,13 +94,6 @@ METHODS: dict[str, tuple[Sampler, Scheduler]] = {
 STOPPED_AS_COMPLETE = frozenset({"tpe_asha_complete"})
 #: method -> the fraction of the trials TPE models as good (Optuna's default: 0.1, at most 25)
 GOOD_FRACTION = {"tpe_asha_wide": 0.25}
-
-
-def good_group(fraction: float, n: int) -> int:
-    """TPE's ``gamma``: how many of ``n`` trials form the good group (Optuna's form, another fraction)."""
-    return min(math.ceil(fraction * n), 25)
-
-
 DEFAULT_METHODS = ("tpe_asha", "random_asha", "random")
 BASELINE = "random_asha"  #: the headline's reference: the same scheduler, a random sampler
 METRIC = "val/ndcg@10"
@@ -156,19 +149,28 @@ def hpo_trial(params: dict[str, Any], base: dict[str, Any], threads: int) -> Non
         fit(apply_overrides(from_dict(base), plain), reporter=TuneReporter(), checkpoint_root=ckpt)
 
 
+def good_group(fraction: float, n: int) -> int:
+    """TPE's ``gamma``: how many of ``n`` trials form the good group (Optuna's form, another fraction)."""
+    return min(math.ceil(fraction * n), 25)
+
+
 def searcher(spec: SearchSpec, method: str) -> Any:
-    """The study's searcher, or Ray's own ``OptunaSearch`` for :data:`STOPPED_AS_COMPLETE`."""
+    """The study's searcher with the study's sampler, except for two ablations: Ray's own
+    ``OptunaSearch`` for :data:`STOPPED_AS_COMPLETE`, a TPE of another good group for
+    :data:`GOOD_FRACTION`."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     from study.searcher import StudySearcher
 
-    sampler = make_sampler(spec)
     if method in GOOD_FRACTION:
-        gamma = functools.partial(good_group, GOOD_FRACTION[method])
         sampler = optuna.samplers.TPESampler(
-            seed=spec.study.sampler_seed, n_startup_trials=spec.study.startup_trials, gamma=gamma
+            seed=spec.study.sampler_seed,
+            n_startup_trials=spec.study.startup_trials,
+            gamma=functools.partial(good_group, GOOD_FRACTION[method]),
         )
+    else:
+        sampler = make_sampler(spec)
     cls = OptunaSearch if method in STOPPED_AS_COMPLETE else StudySearcher
     return cls(metric=spec.study.metric, mode=spec.study.mode, sampler=sampler)
 

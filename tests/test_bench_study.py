@@ -202,13 +202,13 @@ def test_an_asha_stopped_trial_reaches_optuna_as_the_method_says(method: str, st
 
 
 def test_the_wide_tpe_models_a_quarter_of_the_trials_as_good() -> None:
+    from optuna.samplers._tpe.sampler import default_gamma
+
     spec = hpo.method_spec(load_search_spec(hpo.DEFAULT_SPACE), "tpe_asha_wide", seed=0)
     with pytest.warns(FutureWarning):  # Optuna deprecates `gamma` (4.9); it still works in 5
         sampler = hpo.searcher(spec, "tpe_asha_wide")._sampler
     assert [sampler._gamma(n) for n in (3, 4, 7, 8, 9, 200)] == [1, 1, 2, 2, 3, 25]
     assert sampler._n_startup_trials == spec.study.startup_trials
-    from optuna.samplers._tpe.sampler import default_gamma
-
     # Optuna's own form at its own fraction: a single good trial below 11
     assert [hpo.good_group(0.1, n) for n in (9, 11, 300)] == [
         default_gamma(n) for n in (9, 11, 300)
