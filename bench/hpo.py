@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -66,7 +67,7 @@ from typing import Any
 # bench/ is a folder of scripts, not a package: put it on the path so `common` imports from anywhere.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import headline, mean_std, write_result
+from common import git_sha, headline, mean_std, write_result
 
 from study.search_space import (
     Sampler,
@@ -126,6 +127,18 @@ def method_spec(spec: SearchSpec, method: str, seed: int) -> SearchSpec:
     sampler, scheduler = METHODS[method]
     study = dataclasses.replace(spec.study, sampler=sampler, sampler_seed=seed, scheduler=scheduler)
     return dataclasses.replace(spec, study=study)
+
+
+def run_key(spec: SearchSpec, method: str, seed: int, budget: int) -> str:
+    """A 12-hex digest of what decides one run's reports: the resolved run config (its dataset
+    folder by name, so another checkout agrees), the study settings and searched params of this
+    method and seed, how the method searches, and the budget."""
+    s = method_spec(spec, method, seed)
+    config = to_dict(s.base_config())
+    config["data"]["path"] = Path(config["data"]["path"]).name
+    what = [config, to_dict(s.study), [to_dict(p) for p in s.params], _method_setting(method)]
+    blob = json.dumps([*what, budget], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------- one Tune run (child)
@@ -407,6 +420,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=2, help="Tune runs at once (one CPU each)")
     p.add_argument("--data-root", type=Path, default=ROOT / "data", help="where the data is built")
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="where each finished run is kept, so a rerun goes on from there (default: "
+        "DATA_ROOT/bench-hpo-runs)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
@@ -414,10 +434,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _launch(
-    argv: Sequence[str], method: str, seed: int, address: str, work: Path
-) -> dict[str, Any]:
-    out, log = work / f"{method}-s{seed}.json", work / f"{method}-s{seed}.log"
+def _launch(argv: Sequence[str], method: str, seed: int, address: str, out: Path) -> dict[str, Any]:
+    """Run one method and seed in a child process; its record lands at ``out`` only when whole."""
+    part, log = out.with_suffix(".part"), out.with_suffix(".log")
     cmd = [
         sys.executable,
         __file__,
@@ -427,19 +446,26 @@ def _launch(
         "--address",
         address,
         "--child-out",
-        str(out),
+        str(part),
     ]
     with log.open("w") as fh:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} seed {seed} exited {proc.returncode}; see {log}")
-    record = json.loads(out.read_text())
+    record = {**json.loads(part.read_text()), "git_sha": git_sha()}
+    part.write_text(json.dumps(record) + "\n")
+    part.replace(out)
+    _print_run(record)
+    return record
+
+
+def _print_run(record: Mapping[str, Any], note: str = "") -> None:
     best = max(r["value"] for r in record["reports"])
     print(
-        f"  {method:<17} seed {seed}: best {best:.4f}, {len(record['reports'])} epochs, {record['wall_s']:.0f} s",
+        f"  {record['method']:<17} seed {record['seed']}: best {best:.4f}, "
+        f"{len(record['reports'])} epochs, {record['wall_s']:.0f} s{note}",
         flush=True,
     )
-    return record
 
 
 def _method_setting(method: str) -> dict[str, str]:
@@ -497,14 +523,29 @@ def reused_runs(path: Path, setting: Mapping[str, Any], run: Sequence[str]) -> l
     return [r for r in old["runs"] if r["method"] in methods]
 
 
+def _run_cells(
+    argv: Sequence[str], workers: int, cells: Sequence[tuple[str, int]], files: Mapping[Any, Path]
+) -> list[dict[str, Any]]:
+    """The Tune runs of ``cells``, ``workers`` at a time, on one local Ray."""
+    import ray
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
+    address = ray.get_runtime_context().gcs_address
+    try:
+        with futures.ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda c: _launch(argv, *c, address, files[c]), cells))
+    finally:
+        ray.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> Path | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
     if args.child:
         run_child(args)
         return None
-    import ray
-
     from vlm2rec.data.prepare import ensure_dataset
 
     spec = bench_spec(args)
@@ -513,21 +554,24 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     for m in dict.fromkeys(r["method"] for r in reused):
         setting["methods"][m] = _method_setting(m)
     ensure_dataset(spec.base_config().data)  # build once, before the runs race
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=args.workers, include_dashboard=False, logging_level=logging.WARNING)
-    address = ray.get_runtime_context().gcs_address
-    cells = [(m, s) for s in args.seeds for m in args.methods]
-    print(f"{len(cells)} Tune runs of {args.budget} epochs, {args.workers} at a time", flush=True)
+    runs_dir = (args.runs_dir or args.data_root / "bench-hpo-runs").resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        (m, s): runs_dir / f"{m}-s{s}-{run_key(spec, m, s, args.budget)}.json"
+        for s in args.seeds
+        for m in args.methods
+    }
+    kept = [json.loads(f.read_text()) for f in files.values() if f.exists()]
+    todo = [cell for cell, f in files.items() if not f.exists()]
+    print(
+        f"{len(files)} Tune runs of {args.budget} epochs, {args.workers} at a time; "
+        f"{len(kept)} finished earlier, kept in {runs_dir}",
+        flush=True,
+    )
+    for record in kept:
+        _print_run(record, " (kept)")
     t0 = time.perf_counter()
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="bench-hpo-") as tmp,
-            futures.ThreadPoolExecutor(args.workers) as pool,
-        ):
-            records = list(pool.map(lambda c: _launch(argv, c[0], c[1], address, Path(tmp)), cells))
-    finally:
-        ray.shutdown()
+    records = kept + (_run_cells(argv, args.workers, todo, files) if todo else [])
     wall = time.perf_counter() - t0
     records = sorted(records + reused, key=lambda r: (r["seed"], list(METHODS).index(r["method"])))
     summary = summarise(records, args.budget, spec.study.max_t)
@@ -542,7 +586,8 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     )
     payload = {
         "setting": setting,
-        "wall_s": round(wall, 1),
+        "wall_s": round(wall, 1),  # of this invocation: runs kept from an earlier one not counted
+        "kept_runs": len(kept),
         "summary": summary,
         "runs": records,
     }

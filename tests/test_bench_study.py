@@ -247,6 +247,29 @@ def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> No
     assert (
         summary["tpe_asha"]["budget_fraction_to_reach"]["random_asha"] == doc["headline"]["value"]
     )
+    # every finished run was kept: the same command again runs nothing and reports the same
+    assert hpo.main(argv) == out
+    again = json.loads(out.read_text())
+    assert again["kept_runs"] == len(hpo.DEFAULT_METHODS) and again["runs"] == doc["runs"]
+    assert {r["git_sha"] for r in again["runs"]} == {hpo.git_sha()}
+
+
+def test_a_kept_run_is_found_only_by_what_decides_it(tmp_path: Path) -> None:
+    spec = hpo.bench_spec(hpo._parse(["--data-root", str(tmp_path / "a")]))
+    key = hpo.run_key(spec, "tpe_asha", 0, 40)
+    elsewhere = hpo.bench_spec(hpo._parse(["--data-root", str(tmp_path / "b")]))
+    assert hpo.run_key(elsewhere, "tpe_asha", 0, 40) == key  # another checkout, the same run
+    epochs = hpo.bench_spec(hpo._parse(["--set", "train.epochs=8", "--data-root", str(tmp_path)]))
+    grace = hpo.bench_spec(hpo._parse(["--grace-period", "6", "--data-root", str(tmp_path)]))
+    others = [
+        hpo.run_key(spec, "tpe_asha", 1, 40),
+        hpo.run_key(spec, "tpe_asha", 0, 80),
+        hpo.run_key(spec, "tpe_asha_wide", 0, 40),  # the same sampler and scheduler
+        hpo.run_key(spec, "tpe_asha_complete", 0, 40),
+        hpo.run_key(epochs, "tpe_asha", 0, 40),
+        hpo.run_key(grace, "tpe_asha", 0, 40),
+    ]
+    assert len({key, *others}) == len(others) + 1
 
 
 # ----------------------------------------------------------------------------- figures.py
