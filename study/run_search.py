@@ -149,8 +149,12 @@ def _run_pending(options: StudyOptions, plans: list[StudyPlan]) -> int:
                 )
         log = None if options.verbose else plans[0].folder.ray_log  # Ray's lines: its file
         cluster, _ = _offered(options.address, log)
-        fits = [1 if options.skip_preflight else preflight(p.spec, cluster) for p in plans]
-        return _run_on_ray(plans, fits)
+        return _run_on_ray(plans, _fits(plans, cluster))
+
+
+def _fits(plans: list[StudyPlan], cluster: dict[str, float]) -> list[int]:
+    """How many trials of each study fit ``cluster`` at once (1, unchecked, when told to skip)."""
+    return [1 if p.options.skip_preflight else preflight(p.spec, cluster) for p in plans]
 
 
 def _dry_run(plans: list[StudyPlan]) -> int:
@@ -165,8 +169,7 @@ def _dry_run(plans: list[StudyPlan]) -> int:
                 file=sys.stderr,
             )
     cluster, here = _offered(options.address)
-    for plan in plans:
-        fits = 1 if options.skip_preflight else preflight(plan.spec, cluster)
+    for plan, fits in zip(plans, _fits(plans, cluster), strict=True):
         print(f"preflight ok: {fits} trial(s) fit at once{here} (study {plan.name})", flush=True)
     merged = merged_leaderboard(plans)
     if merged is not None:
