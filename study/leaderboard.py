@@ -295,18 +295,30 @@ def _sampled_columns(names: Sequence[str]) -> list[str]:
     return [n for n in names if _SAMPLED.fullmatch(n)]
 
 
-def summary(folder: StudyFolder, metric: str, top: int = 10) -> str:
-    """The top of a study's leaderboard, the oracles beside it, and where its files are: what a
-    study prints at its end."""
-    frame = read_leaderboard(folder.leaderboard).to_pandas()
-    cols = ["rank", "kind", "status", metric, f"{metric}/text", f"{metric}/image"]
+def format_table(table: pa.Table, metric: str, top: int = 10) -> str:
+    """A leaderboard as text: its ``top`` rows (of each dataset, when a merged table holds
+    several), the ranking metric with its per-view variants, the searched params, and the
+    generator's oracles. ``study`` and ``dataset`` are shown where they tell rows apart, and with
+    several studies the ``trial_id`` (within one, ``rank`` and ``kind`` do)."""
+    # Nullable integers: a rank or an epoch count stays 1, not 1.0, beside an unranked failure.
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    varying = [c for c in ("study", "dataset") if c in frame.columns and frame[c].nunique() > 1]
+    ids = [*varying, "trial_id"] if "study" in varying else varying
+    cols = ["rank", *ids, "kind", "status", metric, f"{metric}/text", f"{metric}/image"]
     cols += [*_sampled_columns(frame.columns), "best_epoch", "epochs", "wall_s"]
     cols += [c for c in frame.columns if c.startswith("param.")]
     cols.append(f"test/{metric.split('/', 1)[1]}")
-    table = frame[[c for c in cols if c in frame.columns]].head(top).to_string(index=False)
-    oracles = "".join(f"{line}\n" for line in oracle_lines(frame, metric))
+    shown = frame[[c for c in cols if c in frame.columns]]
+    # A merged table's rows come sorted by dataset: it shows each dataset's first rows.
+    rows = shown.groupby("dataset", sort=False, dropna=False) if "dataset" in varying else shown
+    return "\n".join([rows.head(top).to_string(index=False), *oracle_lines(frame, metric)])
+
+
+def summary(folder: StudyFolder, metric: str, top: int = 10) -> str:
+    """The top of a study's leaderboard and where its files are: what a study prints at its end."""
+    table = format_table(read_leaderboard(folder.leaderboard), metric, top)
     return (
-        f"{table}\n{oracles}\nleaderboard:  {folder.leaderboard}\n"
+        f"{table}\n\nleaderboard:  {folder.leaderboard}\n"
         f"tensorboard:  tensorboard --logdir {folder.tensorboard}\n"
         f"optuna:       optuna-dashboard sqlite:///{folder.optuna_db}"
     )
@@ -403,25 +415,6 @@ def load_study_dir(path: str | Path, *, metric: str, mode: str, rebuild: bool = 
         return read_leaderboard(stored)
     records, kinds = records_from_experiment(path)
     return build_rows(records, study=path.name, metric=metric, mode=mode, param_kinds=kinds)  # type: ignore[arg-type]
-
-
-def format_table(table: pa.Table, metric: str, top: int) -> str:
-    """A leaderboard as text: its ``top`` rows, or the top ``top`` of each dataset when it holds
-    several (a merged table), with the searched params and the generator's oracles."""
-    cols = ["rank", "study", "dataset", "trial_id", "kind", "status", metric]
-    cols += [*_sampled_columns(table.column_names), "best_epoch", "epochs"]
-    cols += [n for n in table.column_names if n.startswith("param.")]
-    cols = [c for c in cols if c in table.column_names]
-    if "dataset" in cols and table.column("dataset").null_count == table.num_rows:
-        cols.remove("dataset")  # tables from before the column, or records that name no data
-    frame = table.select(cols).to_pandas()
-    if "dataset" in frame.columns:  # rows come sorted by dataset: keep each one's first rows
-        frame = frame.groupby("dataset", sort=False, dropna=False).head(top)
-    else:
-        frame = frame.head(top)
-    frame.columns = [c.removeprefix("param.") for c in cols]
-    shown = frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-    return "\n".join([shown, *oracle_lines(table.to_pandas(), metric)])
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -306,7 +306,7 @@ def test_rebuild_from_tune_experiment(tmp_path: Path, monkeypatch: pytest.Monkey
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[1].split()[:2] == ["1", "exp"]
+    assert proc.stdout.splitlines()[1].split()[:2] == ["1", "search"]  # one study: no study column
 
 
 def test_oracle_lines_show_the_generator_beside_the_trials() -> None:
