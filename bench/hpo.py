@@ -529,8 +529,12 @@ def _run_cells(
     """The Tune runs of ``cells``, ``workers`` at a time, on one local Ray."""
     import ray
 
+    from study.tune_runner import ensure_private_token, use_auth_mode
+
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    use_auth_mode()  # the study's token setting, and a token file only this user can read
+    ensure_private_token()
     ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
     address = ray.get_runtime_context().gcs_address
     try:
