@@ -39,6 +39,9 @@ Headline: the fraction of the budget after which TPE + ASHA's mean best-so-far (
 reaches random search's (with ASHA) final mean best; ``inf`` (``null`` in the JSON) means it never did.
 ``budget_fraction_interval`` gives its bootstrap 95% interval over the sampler seeds.
 
+Every finished Tune run is kept in ``--runs-dir`` (``DATA_ROOT/bench-hpo-runs``), named by method,
+seed and :func:`run_key`: the same command run again after an interruption runs only the rest.
+
 Usage::
 
     python bench/hpo.py                                   # 3 methods x 5 seeds, 40 epochs each, ~95 min
