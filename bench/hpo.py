@@ -39,8 +39,9 @@ Headline: the fraction of the budget after which TPE + ASHA's mean best-so-far (
 reaches random search's (with ASHA) final mean best; ``inf`` (``null`` in the JSON) means it never did.
 ``budget_fraction_interval`` gives its bootstrap 95% interval over the sampler seeds.
 
-Every finished Tune run is kept in ``--runs-dir`` (``DATA_ROOT/bench-hpo-runs``), named by method,
-seed and :func:`run_key`: the same command run again after an interruption runs only the rest.
+The result file is written after every finished Tune run (``runs_left`` lists the rest, and the
+summary waits for the last); the same command run again, on the same kind of machine, takes the
+runs it finds in its ``--out`` file (by :func:`run_key`) and runs only the rest.
 
 Usage::
 
@@ -62,7 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ from typing import Any
 # bench/ is a folder of scripts, not a package: put it on the path so `common` imports from anywhere.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import git_sha, headline, mean_std, write_result
+from common import RESULTS_DIR, git_sha, headline, machine, mean_std, write_result
 
 from study.search_space import (
     Sampler,
@@ -132,15 +133,26 @@ def method_spec(spec: SearchSpec, method: str, seed: int) -> SearchSpec:
     return dataclasses.replace(spec, study=study)
 
 
-def run_key(spec: SearchSpec, method: str, seed: int, budget: int) -> str:
+def numerics() -> dict[str, Any]:
+    """What the trained models' floating point depends on besides the config: the CPU model
+    (its kernels: with the same package versions, seed 0's first trial scored 0.5129 after 10
+    epochs on the Intel Xeon of ``hpo.json`` and 0.4708 on an AMD EPYC, equal to 4 digits up to
+    epoch 2) and the Python and package versions."""
+    volatile = ("cores", "load_average_1_5_15", "os", "git_sha")
+    return {k: v for k, v in machine().items() if k not in volatile}
+
+
+def run_key(
+    spec: SearchSpec, method: str, seed: int, budget: int, platform: Mapping[str, Any]
+) -> str:
     """A 12-hex digest of what decides one run's reports: the resolved run config (its dataset
     folder by name, so another checkout agrees), the study settings and searched params of this
-    method and seed, how the method searches, and the budget."""
+    method and seed, how the method searches, the budget and the ``platform`` (:func:`numerics`)."""
     s = method_spec(spec, method, seed)
     config = to_dict(s.base_config())
     config["data"]["path"] = Path(config["data"]["path"]).name
     what = [config, to_dict(s.study), [to_dict(p) for p in s.params], _method_setting(method)]
-    blob = json.dumps([*what, budget], sort_keys=True, default=str)
+    blob = json.dumps([*what, budget, platform], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -424,22 +436,22 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="Tune runs at once (one CPU each)")
     p.add_argument("--data-root", type=Path, default=ROOT / "data", help="where the data is built")
     p.add_argument(
-        "--runs-dir",
+        "--out",
         type=Path,
-        default=None,
-        help="where each finished run is kept, so a rerun goes on from there (default: "
-        "DATA_ROOT/bench-hpo-runs)",
+        default=RESULTS_DIR / "hpo.json",
+        help="result JSON, written after every run; its finished runs are taken, not rerun",
     )
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def _launch(argv: Sequence[str], method: str, seed: int, address: str, out: Path) -> dict[str, Any]:
-    """Run one method and seed in a child process; its record lands at ``out`` only when whole."""
-    part, log = out.with_suffix(".part"), out.with_suffix(".log")
+def _launch(
+    argv: Sequence[str], method: str, seed: int, address: str, work: Path, key: str
+) -> dict[str, Any]:
+    """One method and seed in a child process: its record, stamped with ``key`` and the commit."""
+    out, log = work / f"{method}-s{seed}.json", work / f"{method}-s{seed}.log"
     cmd = [
         sys.executable,
         __file__,
@@ -449,15 +461,13 @@ def _launch(argv: Sequence[str], method: str, seed: int, address: str, out: Path
         "--address",
         address,
         "--child-out",
-        str(part),
+        str(out),
     ]
     with log.open("w") as fh:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} seed {seed} exited {proc.returncode}; see {log}")
-    record = {**json.loads(part.read_text()), "git_sha": git_sha()}
-    part.write_text(json.dumps(record) + "\n")
-    part.replace(out)
+    record = {**json.loads(out.read_text()), "key": key, "git_sha": git_sha()}
     _print_run(record)
     return record
 
@@ -527,9 +537,11 @@ def reused_runs(path: Path, setting: Mapping[str, Any], run: Sequence[str]) -> l
 
 
 def _run_cells(
-    argv: Sequence[str], workers: int, cells: Sequence[tuple[str, int]], files: Mapping[Any, Path]
-) -> list[dict[str, Any]]:
-    """The Tune runs of ``cells``, ``workers`` at a time, on one local Ray."""
+    argv: Sequence[str], workers: int, keys: Mapping[tuple[str, int], str]
+) -> Iterator[dict[str, Any]]:
+    """The Tune runs of ``keys``' cells, ``workers`` at a time on one local Ray, each record as
+    its run ends. After a failed run the runs not yet started are dropped, those under way end
+    (and are yielded), and then the failure is raised."""
     import ray
 
     from study.tune_runner import ensure_private_token, use_auth_mode
@@ -540,11 +552,55 @@ def _run_cells(
     ensure_private_token()
     ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING)
     address = ray.get_runtime_context().gcs_address
+    work = Path(tempfile.mkdtemp(prefix="bench-hpo-"))  # kept: a failed run's log is named
+    print(f"child logs: {work}", flush=True)
+    failed: list[BaseException] = []
     try:
         with futures.ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(lambda c: _launch(argv, *c, address, files[c]), cells))
+            jobs = [pool.submit(_launch, argv, *c, address, work, k) for c, k in keys.items()]
+            for job in futures.as_completed(jobs):
+                if job.cancelled():
+                    continue
+                if job.exception() is None:
+                    yield job.result()
+                    continue
+                failed.append(job.exception())  # type: ignore[arg-type]
+                for other in jobs:
+                    other.cancel()
     finally:
         ray.shutdown()
+    if failed:
+        raise failed[0]
+
+
+def earlier_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """The runs of an earlier result file at ``path``, by :func:`run_key` (none without one)."""
+    if not path.exists():
+        return {}
+    return {r["key"]: r for r in json.loads(path.read_text())["runs"] if "key" in r}
+
+
+def _write(
+    args: argparse.Namespace,
+    setting: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    left: Sequence[str],
+    extra: Mapping[str, Any],
+) -> tuple[Path, dict[str, Any] | None]:
+    """The result file as it stands; the summary and headline once no run is left."""
+    max_t = setting["asha"]["max_t"]
+    records = sorted(records, key=lambda r: (r["seed"], list(METHODS).index(r["method"])))
+    summary = None if left else summarise(records, args.budget, max_t)
+    value = math.nan
+    if summary is not None and {"tpe_asha", BASELINE} <= set(summary):
+        value = summary["tpe_asha"]["budget_fraction_to_reach"][BASELINE]
+    head = headline(
+        f"budget fraction TPE + ASHA needs to reach {BASELINE}'s final best {METRIC}",
+        value,
+        "fraction",
+    )
+    payload = {"setting": setting, **extra, "runs_left": list(left), "summary": summary}
+    return write_result("hpo", head, {**payload, "runs": records}, out=args.out), summary
 
 
 def main(argv: Sequence[str] | None = None) -> Path | None:
@@ -561,48 +617,42 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     for m in dict.fromkeys(r["method"] for r in reused):
         setting["methods"][m] = _method_setting(m)
     ensure_dataset(spec.base_config().data)  # build once, before the runs race
-    runs_dir = (args.runs_dir or args.data_root / "bench-hpo-runs").resolve()
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    files = {
-        (m, s): runs_dir / f"{m}-s{s}-{run_key(spec, m, s, args.budget)}.json"
-        for s in args.seeds
-        for m in args.methods
+    platform = numerics()
+    keys = {
+        (m, s): run_key(spec, m, s, args.budget, platform) for s in args.seeds for m in args.methods
     }
-    kept = [json.loads(f.read_text()) for f in files.values() if f.exists()]
-    todo = [cell for cell, f in files.items() if not f.exists()]
+    earlier = earlier_runs(args.out)
+    kept = [earlier[k] for k in keys.values() if k in earlier]
+    todo = {cell: k for cell, k in keys.items() if k not in earlier}
     print(
-        f"{len(files)} Tune runs of {args.budget} epochs, {args.workers} at a time; "
-        f"{len(kept)} finished earlier, kept in {runs_dir}",
+        f"{len(keys)} Tune runs of {args.budget} epochs, {args.workers} at a time; "
+        f"{len(kept)} finished earlier, taken from {args.out}",
         flush=True,
     )
     for record in kept:
         _print_run(record, " (kept)")
     t0 = time.perf_counter()
-    records = kept + (_run_cells(argv, args.workers, todo, files) if todo else [])
-    wall = time.perf_counter() - t0
-    records = sorted(records + reused, key=lambda r: (r["seed"], list(METHODS).index(r["method"])))
-    summary = summarise(records, args.budget, spec.study.max_t)
+    records, left = [*reused, *kept], dict(todo)
+
+    def write() -> tuple[Path, dict[str, Any] | None]:
+        # wall_s: this invocation's, runs taken from earlier ones not counted
+        extra = {"wall_s": round(time.perf_counter() - t0, 1), "kept_runs": len(kept)}
+        return _write(args, setting, records, [f"{m}-s{s}" for m, s in left], extra)
+
+    for record in _run_cells(argv, args.workers, todo) if todo else []:
+        records.append(record)
+        del left[(record["method"], record["seed"])]
+        write()
+    path, summary = write()
+    assert summary is not None  # no run left
     _print_table(summary, args.budget)
-    value = math.nan
+    print(f"wrote {path}; total wall {time.perf_counter() - t0:.0f} s")
     if {"tpe_asha", BASELINE} <= set(summary):
         value = summary["tpe_asha"]["budget_fraction_to_reach"][BASELINE]
-    head = headline(
-        f"budget fraction TPE + ASHA needs to reach {BASELINE}'s final best {METRIC}",
-        value,
-        "fraction",
-    )
-    payload = {
-        "setting": setting,
-        "wall_s": round(wall, 1),  # of this invocation: runs kept from an earlier one not counted
-        "kept_runs": len(kept),
-        "summary": summary,
-        "runs": records,
-    }
-    path = write_result("hpo", head, payload, out=args.out)
-    print(f"wrote {path}; total wall {wall:.0f} s")
-    print(f"headline: {head['name']} = {value:.2f}")
-    if {"tpe_asha", BASELINE} <= set(summary):
         ci = summary["tpe_asha"]["budget_fraction_interval"][BASELINE]
+        print(
+            f"headline: budget fraction TPE + ASHA needs to reach {BASELINE}'s best = {value:.2f}"
+        )
         print(f"95% bootstrap interval over sampler seeds: {ci['low']} .. {ci['high']}")
     return path
 

@@ -247,37 +247,46 @@ def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> No
     assert (
         summary["tpe_asha"]["budget_fraction_to_reach"]["random_asha"] == doc["headline"]["value"]
     )
-    # every finished run was kept: the same command again runs nothing and reports the same
+    assert doc["runs_left"] == [] and {r["git_sha"] for r in doc["runs"]} == {hpo.git_sha()}
+    # the same command again takes every run from its result file and runs none
     assert hpo.main(argv) == out
     again = json.loads(out.read_text())
     assert again["kept_runs"] == len(hpo.DEFAULT_METHODS) and again["runs"] == doc["runs"]
-    assert {r["git_sha"] for r in again["runs"]} == {hpo.git_sha()}
+    assert again["summary"] == doc["summary"]
+    # a run whose key is not there (another machine, budget, ...) is run again
+    doc["runs"][0]["key"] = "elsewhere"
+    out.write_text(json.dumps(doc))
+    assert hpo.main(argv) == out
+    assert json.loads(out.read_text())["kept_runs"] == len(hpo.DEFAULT_METHODS) - 1
+
+
+def test_an_unfinished_result_file_lists_the_runs_left_and_no_summary(tmp_path: Path) -> None:
+    args = hpo._parse(["--out", str(tmp_path / "h.json"), "--budget", "2"])
+    setting = {"asha": {"max_t": 10}}
+    run = {"method": "tpe_asha", "seed": 0, "key": "k", "reports": [{"value": 0.3}] * 2}
+    path, summary = hpo._write(args, setting, [run], ["random_asha-s0"], {"wall_s": 1.0})
+    doc = json.loads(path.read_text())
+    assert summary is None and doc["summary"] is None and doc["headline"]["value"] is None
+    assert doc["runs_left"] == ["random_asha-s0"] and hpo.earlier_runs(path) == {"k": run}
+    assert hpo.earlier_runs(tmp_path / "none.json") == {}
 
 
 def test_a_kept_run_is_found_only_by_what_decides_it(tmp_path: Path) -> None:
+    here = hpo.numerics()
+    assert {"cpu", "torch", "python"} <= set(here) and "load_average_1_5_15" not in here
     spec = hpo.bench_spec(hpo._parse(["--data-root", str(tmp_path / "a")]))
-    key = hpo.run_key(spec, "tpe_asha", 0, 40)
+    key = hpo.run_key(spec, "tpe_asha", 0, 40, here)
     elsewhere = hpo.bench_spec(hpo._parse(["--data-root", str(tmp_path / "b")]))
-    assert hpo.run_key(elsewhere, "tpe_asha", 0, 40) == key  # another checkout, the same run
+    assert hpo.run_key(elsewhere, "tpe_asha", 0, 40, here) == key  # another checkout, the same run
     epochs = hpo.bench_spec(hpo._parse(["--set", "train.epochs=8", "--data-root", str(tmp_path)]))
     grace = hpo.bench_spec(hpo._parse(["--grace-period", "6", "--data-root", str(tmp_path)]))
     others = [
-        hpo.run_key(spec, "tpe_asha", 1, 40),
-        hpo.run_key(spec, "tpe_asha", 0, 80),
-        hpo.run_key(spec, "tpe_asha_wide", 0, 40),  # the same sampler and scheduler
-        hpo.run_key(spec, "tpe_asha_complete", 0, 40),
-        hpo.run_key(epochs, "tpe_asha", 0, 40),
-        hpo.run_key(grace, "tpe_asha", 0, 40),
+        hpo.run_key(spec, "tpe_asha", 1, 40, here),
+        hpo.run_key(spec, "tpe_asha", 0, 80, here),
+        hpo.run_key(spec, "tpe_asha_wide", 0, 40, here),  # the same sampler and scheduler
+        hpo.run_key(spec, "tpe_asha_complete", 0, 40, here),
+        hpo.run_key(epochs, "tpe_asha", 0, 40, here),
+        hpo.run_key(grace, "tpe_asha", 0, 40, here),
+        hpo.run_key(spec, "tpe_asha", 0, 40, {**here, "cpu": "another CPU"}),
     ]
     assert len({key, *others}) == len(others) + 1
-
-
-# ----------------------------------------------------------------------------- figures.py
-
-
-def test_figures_draw_from_the_committed_results(tmp_path: Path) -> None:
-    figures = load("figures")
-    written = figures.main(["--out", str(tmp_path)])
-    assert tmp_path / "collapse.png" in written
-    for path in written:
-        assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
