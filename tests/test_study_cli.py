@@ -21,7 +21,7 @@ def test_leaderboard_command_is_the_script(
     write_leaderboard(table, tmp_path / "s" / "leaderboard.parquet")
     assert cli.main(["leaderboard", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[1].split()[:3] == ["1", "s", "t1"]
+    assert out[1].split()[:3] == ["1", "search", "completed"]  # one study: no id columns
     assert cli.main(["leaderboard", str(tmp_path / "nope")]) == 2  # the script's own exit code
 
 

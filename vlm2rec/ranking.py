@@ -24,6 +24,11 @@ returned as ``first = a + 1`` and ``ties = g`` (:class:`TargetRanks`).
   identical embeddings could land on either side of the target. Each score block is therefore
   computed as one product of the user block with ``[item chunk; target rows]``, and the target's
   score is read from that same call (not gathered once per user: that would be another call).
+  Known limit: on an AVX2-only CPU (an AMD EPYC, torch 2.13's MKL) even one call puts identical
+  columns a last bit apart when the tile's width (items + targets) is not a multiple of 4
+  (measured: widths 5-7 and 9-11 at 17 and 64 users, every such width below 32 at 3 users), so
+  those ties are broken at random instead of counted; the Intel Xeon the tests ran on before kept
+  them exact. Padding each tile to a multiple of 4 columns would fix it.
 
 Scores are computed in float32 whatever the input dtype (bf16 scores would manufacture ties), one
 tile of ``b`` users x ``c`` items per GEMM (at most ``user_batch_size x item_chunk``; on CPU at most
