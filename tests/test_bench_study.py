@@ -290,3 +290,14 @@ def test_a_kept_run_is_found_only_by_what_decides_it(tmp_path: Path) -> None:
         hpo.run_key(spec, "tpe_asha", 0, 40, {**here, "cpu": "another CPU"}),
     ]
     assert len({key, *others}) == len(others) + 1
+
+
+# ----------------------------------------------------------------------------- figures.py
+
+
+def test_figures_draw_from_the_committed_results(tmp_path: Path) -> None:
+    figures = load("figures")
+    written = figures.main(["--out", str(tmp_path)])
+    assert tmp_path / "collapse.png" in written
+    for path in written:
+        assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
