@@ -580,27 +580,29 @@ def earlier_runs(path: Path) -> dict[str, dict[str, Any]]:
     return {r["key"]: r for r in json.loads(path.read_text())["runs"] if "key" in r}
 
 
+HEADLINE = f"budget fraction TPE + ASHA needs to reach {BASELINE}'s final best {METRIC}"
+
+
+def _headline_value(summary: Mapping[str, Any] | None) -> float:
+    if summary is None or not {"tpe_asha", BASELINE} <= set(summary):
+        return math.nan
+    return summary["tpe_asha"]["budget_fraction_to_reach"][BASELINE]
+
+
 def _write(
-    args: argparse.Namespace,
+    out: Path,
     setting: Mapping[str, Any],
     records: Sequence[Mapping[str, Any]],
     left: Sequence[str],
     extra: Mapping[str, Any],
 ) -> tuple[Path, dict[str, Any] | None]:
     """The result file as it stands; the summary and headline once no run is left."""
-    max_t = setting["asha"]["max_t"]
     records = sorted(records, key=lambda r: (r["seed"], list(METHODS).index(r["method"])))
-    summary = None if left else summarise(records, args.budget, max_t)
-    value = math.nan
-    if summary is not None and {"tpe_asha", BASELINE} <= set(summary):
-        value = summary["tpe_asha"]["budget_fraction_to_reach"][BASELINE]
-    head = headline(
-        f"budget fraction TPE + ASHA needs to reach {BASELINE}'s final best {METRIC}",
-        value,
-        "fraction",
-    )
+    budget, max_t = setting["budget_epochs"], setting["asha"]["max_t"]
+    summary = None if left else summarise(records, budget, max_t)
+    head = headline(HEADLINE, _headline_value(summary), "fraction")
     payload = {"setting": setting, **extra, "runs_left": list(left), "summary": summary}
-    return write_result("hpo", head, {**payload, "runs": records}, out=args.out), summary
+    return write_result("hpo", head, {**payload, "runs": records}, out=out), summary
 
 
 def main(argv: Sequence[str] | None = None) -> Path | None:
@@ -637,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     def write() -> tuple[Path, dict[str, Any] | None]:
         # wall_s: this invocation's, runs taken from earlier ones not counted
         extra = {"wall_s": round(time.perf_counter() - t0, 1), "kept_runs": len(kept)}
-        return _write(args, setting, records, [f"{m}-s{s}" for m, s in left], extra)
+        return _write(args.out, setting, records, [f"{m}-s{s}" for m, s in left], extra)
 
     for record in _run_cells(argv, args.workers, todo) if todo else []:
         records.append(record)
@@ -647,12 +649,9 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     assert summary is not None  # no run left
     _print_table(summary, args.budget)
     print(f"wrote {path}; total wall {time.perf_counter() - t0:.0f} s")
+    print(f"headline: {HEADLINE} = {_headline_value(summary):.2f}")
     if {"tpe_asha", BASELINE} <= set(summary):
-        value = summary["tpe_asha"]["budget_fraction_to_reach"][BASELINE]
         ci = summary["tpe_asha"]["budget_fraction_interval"][BASELINE]
-        print(
-            f"headline: budget fraction TPE + ASHA needs to reach {BASELINE}'s best = {value:.2f}"
-        )
         print(f"95% bootstrap interval over sampler seeds: {ci['low']} .. {ci['high']}")
     return path
 

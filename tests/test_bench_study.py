@@ -261,10 +261,10 @@ def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> No
 
 
 def test_an_unfinished_result_file_lists_the_runs_left_and_no_summary(tmp_path: Path) -> None:
-    args = hpo._parse(["--out", str(tmp_path / "h.json"), "--budget", "2"])
-    setting = {"asha": {"max_t": 10}}
+    setting = {"asha": {"max_t": 10}, "budget_epochs": 2}
     run = {"method": "tpe_asha", "seed": 0, "key": "k", "reports": [{"value": 0.3}] * 2}
-    path, summary = hpo._write(args, setting, [run], ["random_asha-s0"], {"wall_s": 1.0})
+    out = tmp_path / "h.json"
+    path, summary = hpo._write(out, setting, [run], ["random_asha-s0"], {"wall_s": 1.0})
     doc = json.loads(path.read_text())
     assert summary is None and doc["summary"] is None and doc["headline"]["value"] is None
     assert doc["runs_left"] == ["random_asha-s0"] and hpo.earlier_runs(path) == {"k": run}
