@@ -150,8 +150,7 @@ def test_padding_row_never_counted() -> None:
 def test_constant_scores_score_at_the_random_level(item_chunk: int) -> None:
     items = torch.ones(11, 4)  # 10 identical items
     # Small integers: every score is exact in any summation order, so this tests the tie rule, not
-    # the BLAS. With float queries an AVX2-only CPU (AMD EPYC) breaks these ties: its MKL GEMM puts
-    # identical columns a last bit apart in tiles not a multiple of 4 wide (ranking.py docstring).
+    # the BLAS (the next test has float scores).
     q = torch.randint(-4, 5, (3, 4), generator=torch.Generator().manual_seed(0)).float()
     indptr, seen = _csr([[], [1, 2, 3], [5, 6]])
     ranks = rank_targets(q, items, torch.tensor([4, 9, 7]), indptr, seen, item_chunk=item_chunk)
@@ -161,6 +160,20 @@ def test_constant_scores_score_at_the_random_level(item_chunk: int) -> None:
     random_level = np.mean([sum(1 / np.log2(r + 1) for r in range(1, min(n, 5) + 1)) / n
                             for n in (10, 7, 8)])  # fmt: skip
     assert ranks.metrics("val", ks=(5,))["val/ndcg@5"] == pytest.approx(random_level)
+
+
+@pytest.mark.parametrize("n_users", [1, 3, 17])
+@pytest.mark.parametrize("n_items", range(2, 14))
+def test_identical_items_tie_whatever_the_tile_width(n_users: int, n_items: int) -> None:
+    """Float embeddings, every item the same: each candidate ties with the target. Unpadded, an
+    AVX2-only CPU's MKL (AMD EPYC) put identical columns a last bit apart at tile widths 5-7 and
+    9-11 (items + users), and at most widths below 32 for 3 users; every width is tried here."""
+    gen = torch.Generator().manual_seed(n_items)
+    q = torch.nn.functional.normalize(torch.randn(n_users, 64, generator=gen), dim=1)
+    items = torch.randn(1, 64, generator=gen).expand(n_items + 1, 64).contiguous()
+    targets = torch.randint(1, n_items + 1, (n_users,), generator=gen)
+    ranks = rank_targets(q, items, targets, *_csr([[] for _ in range(n_users)]))
+    assert _pairs(ranks) == [(1, n_items - 1)] * n_users
 
 
 def test_chunked_equals_unchunked() -> None:

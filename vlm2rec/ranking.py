@@ -24,11 +24,11 @@ returned as ``first = a + 1`` and ``ties = g`` (:class:`TargetRanks`).
   identical embeddings could land on either side of the target. Each score block is therefore
   computed as one product of the user block with ``[item chunk; target rows]``, and the target's
   score is read from that same call (not gathered once per user: that would be another call).
-  Known limit: on an AVX2-only CPU (an AMD EPYC, torch 2.13's MKL) even one call puts identical
-  columns a last bit apart when the tile's width (items + targets) is not a multiple of 4
-  (measured: widths 5-7 and 9-11 at 17 and 64 users, every such width below 32 at 3 users), so
-  those ties are broken at random instead of counted; the Intel Xeon the tests ran on before kept
-  them exact. Padding each tile to a multiple of 4 columns would fix it.
+  Even one call is not enough on an AVX2-only CPU (an AMD EPYC, torch 2.13's MKL): it puts
+  identical columns a last bit apart when the product is not a multiple of 4 columns wide
+  (measured: widths 5-7 and 9-11 at 17 and 64 users, every such width below 32 at 3 users, none
+  at a multiple of 4). Each tile's product is therefore padded to a multiple of 4 columns
+  (:func:`_padded`); the padding columns are computed and never read.
 
 Scores are computed in float32 whatever the input dtype (bf16 scores would manufacture ties), one
 tile of ``b`` users x ``c`` items per GEMM (at most ``user_batch_size x item_chunk``; on CPU at most
@@ -219,36 +219,44 @@ def score_tile(device: torch.device, user_batch_size: int, item_chunk: int) -> t
     return users, items
 
 
+def _padded(width: int) -> int:
+    """``width`` rounded up to a multiple of 4: the score tile's row stride (module docstring)."""
+    return -(-width // 4) * 4
+
+
 class _Tiles:
     r"""The buffers one :func:`rank_targets` call reuses for every ``[b users] x [c items]`` tile.
 
     - ``rows [c + b, D]``: the item chunk followed by the block's target rows, so one GEMM scores
       both and a duplicate of a target ties with it bit for bit;
-    - ``flags``: the score tile ``[n, w + n]`` (row stride ``w + n``) followed by ``n`` more rows
-      of the same stride, where the equality flags go; then ``flags`` as ``[2n, w]`` holds one
-      ``(above, equal)`` flag pair per (user, candidate) and one row sum counts both.
+    - ``flags``: the score tile ``[n, ld]`` (``ld = _padded(w + n)`` columns, the last
+      ``ld - w - n`` of them padding) followed by ``n`` more rows of the same stride, where the
+      equality flags go; then ``flags`` as ``[2n, w]`` holds one ``(above, equal)`` flag pair per
+      (user, candidate) and one row sum counts both.
 
     Views are cached per tile shape ``(w, n)``: at most four (full or last chunk, full or last
     block).
     """
 
     def __init__(self, users: int, items: int, dim: int, device: torch.device) -> None:
-        self.rows = torch.empty(items + users, dim, device=device)  # [c + b, D]
-        self.flags = torch.empty(2 * users * (items + users), device=device)
+        ld = _padded(items + users)
+        # zeros: the padding rows are multiplied too, and must stay finite
+        self.rows = torch.zeros(ld, dim, device=device)  # [c + b + padding, D]
+        self.flags = torch.empty(2 * users * ld, device=device)
         self._views: dict[tuple[int, int], tuple[Tensor, ...]] = {}
         self._numpy: dict[tuple[int, int], np.ndarray] = {}
 
     def views(self, w: int, n: int) -> tuple[Tensor, ...]:
-        """``(rows_t [D, w + n], targets [n, D], scores [n, w + n], flat [n (w + n)],
-        s_target [n, 1], above [n, w], equal [n, w], both [2n, w])`` for a tile of ``n`` users
-        x ``w`` items."""
+        """``(rows_t [D, ld], targets [n, D], scores [n, ld], flat [n ld], s_target [n, 1],
+        above [n, w], equal [n, w], both [2n, w])`` for a tile of ``n`` users x ``w`` items,
+        ``ld = _padded(w + n)``."""
         got = self._views.get((w, n))
         if got is None:
-            ld = w + n  # row stride of the score tile
+            ld = _padded(w + n)  # row stride of the score tile
             both = self.flags.as_strided((2 * n, w), (ld, 1))  # score rows, then equality rows
             got = (
                 self.rows[:ld].T,
-                self.rows[w:ld],
+                self.rows[w : w + n],
                 self.flags[: n * ld].view(n, ld),
                 self.flags[: n * ld],
                 self.flags.as_strided((n, 1), (ld + 1, 0), w),  # diagonal of the target columns
@@ -260,7 +268,7 @@ class _Tiles:
         return got
 
     def numpy_scores(self, w: int, n: int) -> np.ndarray:
-        """The ``[n, w + n]`` score tile of :meth:`views` as a numpy array (CPU: no copy)."""
+        """The ``[n, ld]`` score tile of :meth:`views` as a numpy array (CPU: no copy)."""
         got = self._numpy.get((w, n))
         if got is None:
             got = self._numpy[w, n] = self.views(w, n)[2].numpy()
@@ -287,16 +295,15 @@ def _tile_positions(
     chunk, block = key // n_blocks, key % n_blocks
     width = chunk.mul(-items).add_(n_items).clamp_(max=items)  # w of the tile
     height = block.mul(-users).add_(n_users).clamp_(max=users)  # n of the tile
-    positions = (
-        user.sub_(block.mul_(users)).mul_(width.add_(height)).add_(cand.sub_(chunk.mul_(items)))
-    )
+    stride = width.add_(height).add_(3).bitwise_and_(-4)  # _padded(w + n)
+    positions = user.sub_(block.mul_(users)).mul_(stride).add_(cand.sub_(chunk.mul_(items)))
     n_tiles = -(-n_items // items) * n_blocks
     return positions, torch.bincount(key, minlength=n_tiles).tolist()
 
 
 def _score_tile(views: tuple[Tensor, ...], q: Tensor, target_rows: Tensor) -> None:
-    r"""One GEMM :math:`S = q\,[V_c; V_t]^\top` ``[n, w + n]`` into the tile's score buffer; the
-    target scores are its diagonal in the appended columns."""
+    r"""One GEMM :math:`S = q\,[V_c; V_t; P]^\top` ``[n, ld]`` into the tile's score buffer (``P``:
+    the padding rows); the target scores are its diagonal in the columns after the items."""
     rows_t, targets, scores = views[:3]
     targets.copy_(target_rows)
     torch.mm(q, rows_t, out=scores)

@@ -1,9 +1,10 @@
 r"""The two counts of full ranking over one CPU score tile, in one pass (a numba kernel).
 
-A tile ``scores [n, w + n]`` (float32, C-contiguous) holds ``n`` users' scores of ``w`` items in
-its first ``w`` columns and user ``i``'s target score :math:`s_i` at ``scores[i, w + i]``
-(:mod:`vlm2rec.ranking` appends the target rows to the item chunk so that both come out of one
-GEMM). :func:`count_tile` writes
+A tile ``scores [n, ld]`` (float32, C-contiguous, ``ld >= w + n``) holds ``n`` users' scores of
+``w`` items in its first ``w`` columns and user ``i``'s target score :math:`s_i` at
+``scores[i, w + i]`` (:mod:`vlm2rec.ranking` appends the target rows to the item chunk so that
+both come out of one GEMM, and pads the tile's width to a multiple of 4); later columns are
+ignored. :func:`count_tile` writes
 
 .. math::
 
@@ -47,7 +48,7 @@ def _count(scores: np.ndarray, w: int, excluded: np.ndarray, acc: np.ndarray) ->
 
 def count_tile(scores: np.ndarray, w: int, excluded: np.ndarray, acc: np.ndarray) -> None:
     """Set ``excluded`` (int64 flat positions in ``scores``) to -inf, then write the ``(above,
-    equal)`` counts of the ``[n, w + n]`` float32 tile into ``acc [2n]`` int32."""
+    equal)`` counts of the ``[n, >= w + n]`` float32 tile into ``acc [2n]`` int32."""
     n = scores.shape[0]
     if scores.shape[1] < w + n or acc.shape[0] < 2 * n or not scores.flags.c_contiguous:
         raise ValueError(f"a C-contiguous [{n}, >= {w + n}] tile and acc of {2 * n} expected")
