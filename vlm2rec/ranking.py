@@ -227,8 +227,8 @@ def _padded(width: int) -> int:
 class _Tiles:
     r"""The buffers one :func:`rank_targets` call reuses for every ``[b users] x [c items]`` tile.
 
-    - ``rows [c + b, D]``: the item chunk followed by the block's target rows, so one GEMM scores
-      both and a duplicate of a target ties with it bit for bit;
+    - ``rows [_padded(c + b), D]``: the item chunk followed by the block's target rows, so one
+      GEMM scores both and a duplicate of a target ties with it bit for bit, then padding rows;
     - ``flags``: the score tile ``[n, ld]`` (``ld = _padded(w + n)`` columns, the last
       ``ld - w - n`` of them padding) followed by ``n`` more rows of the same stride, where the
       equality flags go; then ``flags`` as ``[2n, w]`` holds one ``(above, equal)`` flag pair per
@@ -241,7 +241,7 @@ class _Tiles:
     def __init__(self, users: int, items: int, dim: int, device: torch.device) -> None:
         ld = _padded(items + users)
         # zeros: the padding rows are multiplied too, and must stay finite
-        self.rows = torch.zeros(ld, dim, device=device)  # [c + b + padding, D]
+        self.rows = torch.zeros(ld, dim, device=device)
         self.flags = torch.empty(2 * users * ld, device=device)
         self._views: dict[tuple[int, int], tuple[Tensor, ...]] = {}
         self._numpy: dict[tuple[int, int], np.ndarray] = {}
