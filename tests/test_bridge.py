@@ -3,15 +3,57 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import ray.cloudpickle
+import ray.tune
+from ray.util.queue import Empty
 
-pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_local")]
+from study.bridge import fit_reporting
+
 # Ray's workers cannot import this test module: its trial function travels by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class LateQueue:
+    """A report queue whose first ``get`` lets ``fit()`` put its one report and end, and only then
+    times out: the interleaving in which a reader that checked for the end of ``fit()`` after its
+    ``get`` (not before) would end the trial without the report."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.reading = threading.Event()  # the first get has begun
+        self.gets = 0
+
+    def fit(self) -> None:  # the trainer's: waits for the reader, then reports and returns
+        assert self.reading.wait(timeout=10)
+        self.items.append({"epoch": 1})
+
+    def get(self, timeout: float) -> dict[str, Any]:
+        self.gets += 1
+        if self.gets == 1:
+            self.reading.set()
+            (fit,) = [t for t in threading.enumerate() if t.name == "train-fit"]
+            fit.join(timeout=10)
+            assert not fit.is_alive()
+            raise Empty
+        if self.items:
+            return self.items.pop(0)
+        raise Empty
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_a_report_put_while_the_reader_waits_is_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    queue, passed = LateQueue(), []
+    reports = type("Reports", (), {"queue": queue})()
+    monkeypatch.setattr(ray.tune, "report", passed.append)
+    fit_reporting(queue, reports)  # type: ignore[arg-type]
+    assert passed == [{"epoch": 1}] and queue.gets == 3  # timed out, the report, empty: done
 
 
 class InstantFit:
@@ -56,6 +98,8 @@ def run(tmp_path: Path, param_space: dict[str, Any]) -> tuple[Any, dict[str, lis
 
 
 @pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
 def test_every_report_reaches_tune_even_when_fit_ends_at_once(tmp_path: Path) -> None:
     from ray import tune
 
@@ -68,6 +112,8 @@ def test_every_report_reaches_tune_even_when_fit_ends_at_once(tmp_path: Path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
 def test_a_failed_fit_fails_the_trial_after_its_reports(tmp_path: Path) -> None:
     results, seen = run(tmp_path, {"n": 2, "fail": True})
     (result,) = results
