@@ -49,10 +49,10 @@ class LateQueue:
 
 
 def test_a_report_put_while_the_reader_waits_is_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    queue, passed = LateQueue(), []
+    queue, passed = LateQueue(), list[dict[str, Any]]()
     reports = type("Reports", (), {"queue": queue})()
     monkeypatch.setattr(ray.tune, "report", passed.append)
-    fit_reporting(queue, reports)  # type: ignore[arg-type]
+    fit_reporting(queue, reports)  # the queue is the trainer too: its fit() waits for the reader
     assert passed == [{"epoch": 1}] and queue.gets == 3  # timed out, the report, empty: done
 
 

@@ -221,7 +221,7 @@ def score_tile(device: torch.device, user_batch_size: int, item_chunk: int) -> t
 
 def _padded(width: int) -> int:
     """``width`` rounded up to a multiple of 4: the score tile's row stride (module docstring)."""
-    return -(-width // 4) * 4
+    return (width + 3) & -4
 
 
 class _Tiles:
@@ -240,7 +240,8 @@ class _Tiles:
 
     def __init__(self, users: int, items: int, dim: int, device: torch.device) -> None:
         ld = _padded(items + users)
-        # zeros: the padding rows are multiplied too, and must stay finite
+        # zeros: the padding rows enter every GEMM; their columns are never read, but they hold
+        # finite numbers rather than whatever the allocator left there
         self.rows = torch.zeros(ld, dim, device=device)
         self.flags = torch.empty(2 * users * ld, device=device)
         self._views: dict[tuple[int, int], tuple[Tensor, ...]] = {}
@@ -295,7 +296,7 @@ def _tile_positions(
     chunk, block = key // n_blocks, key % n_blocks
     width = chunk.mul(-items).add_(n_items).clamp_(max=items)  # w of the tile
     height = block.mul(-users).add_(n_users).clamp_(max=users)  # n of the tile
-    stride = width.add_(height).add_(3).bitwise_and_(-4)  # _padded(w + n)
+    stride = width.add_(height).add_(3).bitwise_and_(-4)  # _padded(w + n), in place
     positions = user.sub_(block.mul_(users)).mul_(stride).add_(cand.sub_(chunk.mul_(items)))
     n_tiles = -(-n_items // items) * n_blocks
     return positions, torch.bincount(key, minlength=n_tiles).tolist()
