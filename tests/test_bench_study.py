@@ -1,4 +1,5 @@
-"""``bench/overhead.py`` and ``bench/hpo.py``: their analysis is right and a tiny run of each works.
+"""``bench/overhead.py``, ``bench/actor_start.py`` and ``bench/hpo.py``: their analysis is right
+and a tiny run of each works.
 
 The scripts live in ``bench/`` (a folder of scripts, not a package); ``bench_scripts.load`` imports
 them from their files.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from bench_scripts import load
 from study.search_space import load_search_spec
 
 overhead = load("overhead")
+actor_start = load("actor_start")
 hpo = load("hpo")
 
 
@@ -290,6 +294,33 @@ def test_a_kept_run_is_found_only_by_what_decides_it(tmp_path: Path) -> None:
         hpo.run_key(spec, "tpe_asha", 0, 40, {**here, "cpu": "another CPU"}),
     ]
     assert len({key, *others}) == len(others) + 1
+
+
+# ----------------------------------------------------------------------------- actor_start.py
+
+
+def test_actor_start_summarise_splits_prestarted_from_new_processes() -> None:
+    rows = [
+        {"start_s": 0.2, "prestarted": True, "torch": False},
+        {"start_s": 0.5, "prestarted": False, "torch": True},
+        {"start_s": 0.7, "prestarted": False, "torch": True},
+    ]
+    s = actor_start.summarise(rows)
+    assert s["prestarted"] == {"n": 1, "mean_s": 0.2, "std_s": 0.0}
+    assert s["new_process"]["n"] == 2 and s["new_process"]["mean_s"] == pytest.approx(0.6)
+    assert s["torch_already_imported"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_actor_start_hook_actors_never_land_in_prestarted_workers(tmp_path: Path) -> None:
+    """What the README says of the setup hook: every actor of a job with one gets a new process,
+    which ran the hook before the actor's first call."""
+    out = tmp_path / "hook.json"
+    argv = ["--variant", "hook", "--actors", "2", "--child-out", str(out)]
+    subprocess.run([sys.executable, actor_start.__file__, *argv], check=True)
+    rows = json.loads(out.read_text())["actors"]
+    assert [(r["prestarted"], r["torch"]) for r in rows] == [(False, True)] * 2
 
 
 # ----------------------------------------------------------------------------- figures.py
