@@ -21,7 +21,7 @@ pool of warm workers could save per actor.
 
 Usage::
 
-    python bench/actor_start.py               # 6 actors per variant, ~1 min
+    python bench/actor_start.py               # 6 actors per variant, ~2 min
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     p.add_argument("--out", type=Path, help="result file (default bench/results/actor_start.json)")
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.variant:
         run_variant(args.variant, args.actors, args.child_out)
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     return write_result(
         "actor_start",
         headline("new_process_minus_prestarted_s", saving, "s"),
-        {"command": " ".join(["python bench/actor_start.py", *(argv or sys.argv[1:])]), **variants},
+        {"command": " ".join(["python bench/actor_start.py", *argv]), **variants},
         out=args.out,
     )
 
