@@ -1,5 +1,5 @@
-"""``bench/overhead.py``, ``bench/actor_start.py`` and ``bench/hpo.py``: their analysis is right
-and a tiny run of each works.
+"""``bench/overhead.py``, ``bench/actor_start.py``, ``bench/trial_cpu.py`` and ``bench/hpo.py``:
+their analysis is right and a tiny run of each (of trial_cpu.py: its sampler) works.
 
 The scripts live in ``bench/`` (a folder of scripts, not a package); ``bench_scripts.load`` imports
 them from their files.
@@ -20,6 +20,7 @@ from study.search_space import load_search_spec
 
 overhead = load("overhead")
 actor_start = load("actor_start")
+trial_cpu = load("trial_cpu")
 hpo = load("hpo")
 
 
@@ -321,6 +322,52 @@ def test_actor_start_hook_actors_never_land_in_prestarted_workers(tmp_path: Path
     subprocess.run([sys.executable, actor_start.__file__, *argv], check=True)
     rows = json.loads(out.read_text())["actors"]
     assert [(r["prestarted"], r["torch"]) for r in rows] == [(False, True)] * 2
+
+
+# ----------------------------------------------------------------------------- trial_cpu.py
+
+
+@pytest.mark.parametrize(
+    ("title", "expected"),
+    [
+        ("ray::TrainController.run", "ray::TrainController"),
+        ("ray::_QueueActor.put", "ray::_QueueActor"),
+        ("ray::IDLE", "ray::IDLE"),
+        ("/venv/bin/python /repo/study/run_search.py --space s.toml", "run_search.py"),
+        ("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --x=1", "raylet"),
+        (
+            "ray-dashboard-NodeHead-0 (/venv/bin/python -B -c from multiprocessing...)",
+            "dashboard modules",
+        ),
+        ("/venv/bin/python -u /venv/lib/ray/_private/log_monitor.py --s", "log_monitor"),
+        ("/usr/bin/git status", "other"),
+    ],
+)
+def test_trial_cpu_names_each_process_by_its_role(title: str, expected: str) -> None:
+    assert trial_cpu.role(title) == expected
+
+
+def test_trial_cpu_sums_roles_and_the_extra_per_trial() -> None:
+    seen = {
+        1: ("ray::TrainController.run", 3.0),
+        2: ("ray::TrainController.run", 4.0),
+        3: ("x", 1.0),
+    }
+    roles = trial_cpu.by_role(seen)
+    assert list(roles) == ["ray::TrainController", "other"]
+    assert roles["ray::TrainController"] == {"cpu_s": 7.0, "processes": 2}
+    s = trial_cpu.summarise(2, 2, {"wall_s": 10.0, "cpu_s": 10.0}, {"wall_s": 30.0, "cpu_s": 36.0})
+    assert s == {"cores_busy": 0.6, "extra_cpu_s_per_trial": 13.0, "extra_wall_s_per_trial": 10.0}
+
+
+def test_trial_cpu_sampler_sees_a_process_that_started_during_the_run() -> None:
+    """A child that burns 0.6 s of CPU and ends: the sampler keeps its title and CPU time."""
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass"
+    with trial_cpu.CpuSampler() as sampler:
+        subprocess.run([sys.executable, "-c", burn, "cpu-burner"], check=True)
+    mine = [cpu for title, cpu in sampler.seen.values() if title.endswith("cpu-burner")]
+    assert len(mine) == 1 and 0.6 - trial_cpu.SAMPLE_S - 0.05 <= mine[0] <= 1.0
+    assert sampler.own_cpu_s > 0
 
 
 # ----------------------------------------------------------------------------- figures.py
