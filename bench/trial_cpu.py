@@ -158,6 +158,7 @@ def measure(size: str, trials: int, work: Path) -> dict[str, Any]:
     space.write_text(overhead.space_toml(size, trials, work / "data"))
     ensure_dataset(load_search_spec(space).base_config().data)
     plain_cmd = [sys.executable, "bench/overhead.py", "--plain", str(space)]
+    print(f"size {size}: {trials} trials by plain fit, then through run_search.py", flush=True)
     plain = sampled_run([*plain_cmd, "--plain-out", str(work / "plain.json")], work / "plain.log")
     study_cmd = [sys.executable, "study/run_search.py", "--space", str(space)]
     study = sampled_run([*study_cmd, "--storage", str(work / "studies")], work / "study.log")
@@ -171,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--out", type=Path, help="result file (default bench/results/trial_cpu.json)")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    if not 1 <= args.trials <= len(overhead.ALPHAS):
+        raise SystemExit(f"--trials: expected 1..{len(overhead.ALPHAS)}, got {args.trials}")
     with tempfile.TemporaryDirectory(prefix="trial-cpu-") as tmp:
         runs = measure(args.size, args.trials, Path(tmp))
     host = machine()
