@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,13 +40,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil  # a dependency of Ray's
+
 # bench/ is a folder of scripts, not a package: put it on the path so its modules import from anywhere.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import overhead
 from common import headline, machine, write_result
 
-REPO = Path(__file__).resolve().parent.parent
 #: how often the sampler reads every process's CPU time
 SAMPLE_S = 0.2
 #: Ray's own processes that are not actors, by a word of their command line
@@ -74,9 +74,6 @@ class CpuSampler:
     """Every process that appears while it runs: its role and the largest CPU time seen."""
 
     def __init__(self) -> None:
-        import psutil  # a dependency of Ray's
-
-        self._psutil = psutil
         self._before = set(psutil.pids())
         self.seen: dict[int, tuple[str, float]] = {}
         self.own_cpu_s = 0.0
@@ -84,13 +81,13 @@ class CpuSampler:
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
 
     def _sample(self) -> None:
-        for proc in self._psutil.process_iter():
+        for proc in psutil.process_iter():
             if proc.pid in self._before:
                 continue
             try:
                 cpu = proc.cpu_times()
                 title = " ".join(proc.cmdline())
-            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, OSError):
+            except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                 continue
             old_title, old_cpu = self.seen.get(proc.pid, ("", 0.0))
             # A Ray worker is ray::IDLE until it holds an actor or runs a task, and a task's
@@ -118,21 +115,18 @@ def by_role(seen: Mapping[int, tuple[str, float]]) -> dict[str, dict[str, float]
     cpu: dict[str, float] = collections.defaultdict(float)
     count: collections.Counter[str] = collections.Counter()
     for title, seconds in seen.values():
-        cpu[role(title)] += seconds
-        count[role(title)] += 1
+        name = role(title)
+        cpu[name] += seconds
+        count[name] += 1
     order = sorted(cpu, key=lambda r: -cpu[r])
     return {r: {"cpu_s": cpu[r], "processes": count[r]} for r in order}
 
 
-def sampled_run(cmd: Sequence[str], log: Path) -> dict[str, Any]:
-    """Run ``cmd`` in the repository with its output in ``log``: wall seconds, CPU seconds of
-    every process that started meanwhile, and those per role."""
-    with CpuSampler() as sampler, log.open("w") as fh:
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
-        wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; see {log}")
+def sampled_run(cmd: list[str], log: Path) -> dict[str, Any]:
+    """``overhead.py``'s timed run of ``cmd`` (output in ``log``) with the sampler beside it: wall
+    seconds, CPU seconds of every process that started meanwhile, and those per role."""
+    with CpuSampler() as sampler:
+        wall = overhead._timed(cmd, log)
     roles = by_role(sampler.seen)
     cpu = sum(r["cpu_s"] for r in roles.values())
     return {"wall_s": wall, "cpu_s": cpu, "sampler_cpu_s": sampler.own_cpu_s, "roles": roles}
