@@ -12,15 +12,22 @@ Here the trial function itself reads the queue: ``fit()`` runs in a thread, each
 on with ``ray.tune.report`` (which returns once Tune took it), and the function returns only after
 ``fit()`` has ended and the queue is empty. Every report was put before ``fit()`` returned (the
 Train controller calls ``after_report`` synchronously), so none can arrive later.
+
+When Tune stops the trial (ASHA), ``ray.tune.report`` raises ``SystemExit`` in the trial function.
+Tune may then run the next trial in the same process (``reuse_actors``), so the stopped trial's
+Train run is aborted through its controller, which each report carries, before the function
+ends: left running, it would go on training beside the next trial and hold its workers' CPUs.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 import ray
 import ray.tune
+from ray.actor import ActorHandle
 from ray.train import UserCallback
 from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -31,6 +38,12 @@ __all__ = ["ReportQueue", "fit_reporting"]
 CHECKPOINT_PATH_KEY = "checkpoint_path"
 #: How long the trial function waits on the queue before it checks whether ``fit()`` has ended.
 _POLL_S = 0.2
+#: How long a stopped trial waits for its Train run to abort before it kills the controller, and
+#: then for ``fit()`` to return.
+_ABORT_S = 5.0
+#: How long Tune waits for a stopped trial's function to end before it reuses the process for the
+#: next trial (Tune's default is 2 s; a reset that times out fails the next trial instead).
+_TUNE_STOP_TIMEOUT_S = str(int(4 * _ABORT_S))
 
 
 class ReportQueue(UserCallback):
@@ -38,6 +51,7 @@ class ReportQueue(UserCallback):
 
     The metrics are rank 0's only: ``worker.py`` reports all-reduced metrics from every rank. A
     checkpoint is already in Train's storage; only its path travels, under ``checkpoint_path``.
+    Each item is ``(controller, report)``: the handle lets a stopped trial abort its run.
     """
 
     def __init__(self) -> None:
@@ -55,15 +69,17 @@ class ReportQueue(UserCallback):
         report = dict(metrics[0])
         if checkpoint is not None:
             report[CHECKPOINT_PATH_KEY] = checkpoint.path
-        self.queue.put(report)
+        self.queue.put((ray.get_runtime_context().current_actor, report))
 
 
 def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
     """``trainer.fit()`` with each report that ``reports`` collects passed to ``ray.tune.report``.
 
-    Runs in the Tune trial function. Raises what ``fit()`` raised, after the reports made before.
+    Runs in the Tune trial function. Raises what ``fit()`` raised, after the reports made before;
+    when Tune stops the trial, aborts the Train run and re-raises Tune's ``SystemExit``.
     """
     failure: list[BaseException] = []
+    controller: ActorHandle | None = None
 
     def fit() -> None:
         try:
@@ -71,6 +87,8 @@ def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
         except BaseException as exc:  # re-raised in the trial function below
             failure.append(exc)
 
+    # Read by Tune in this process when it resets it for the next trial (reuse_actors).
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", _TUNE_STOP_TIMEOUT_S)
     thread = threading.Thread(target=fit, name="train-fit", daemon=True)
     thread.start()
     try:
@@ -78,12 +96,31 @@ def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
             # Read before the queue: a report put after this is seen on the next turn.
             running = thread.is_alive()
             try:
-                ray.tune.report(reports.queue.get(timeout=_POLL_S))
+                controller, report = reports.queue.get(timeout=_POLL_S)
             except Empty:
                 if not running:
                     break
+                continue
+            ray.tune.report(report)  # SystemExit when Tune stops the trial
+    except SystemExit:
+        # Without the queue a controller blocked on putting the next report can take the abort.
+        reports.queue.shutdown(force=True)
+        _abort(controller)
+        thread.join(timeout=_ABORT_S)
+        raise
     finally:
         reports.queue.shutdown()
     thread.join()
     if failure:
         raise failure[0]
+
+
+def _abort(controller: ActorHandle | None) -> None:
+    """End a stopped trial's Train run: abort it (workers and placement group freed, the run
+    marked aborted), or kill its controller if that takes longer than ``_ABORT_S``. ``None``:
+    Tune stopped the trial before its first report, and its run dies with this process."""
+    if controller is None:
+        return
+    ready, _ = ray.wait([controller.abort.remote()], timeout=_ABORT_S)
+    if not ready:
+        ray.kill(controller)

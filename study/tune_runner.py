@@ -241,11 +241,9 @@ def tune_setup(
     a seeds-only grid (no Optuna, no early stopping) or the Optuna + scheduler search (its
     Optuna study named ``study``, in ``optuna.db``).
 
-    Without early stopping, a finished trial's Tune driver process runs the next trial
-    (``reuse_actors``): it skips a process start and the ~2.5 s import of Ray Train and torch.
-    With ASHA it must not: Tune keeps a *stopped* trial's process for reuse too, while that
-    trial's ``TorchTrainer.fit()`` still runs in it, and the next trial then fails ("Trainable
-    runner reuse requires reset_config() ... return True")."""
+    A finished or stopped trial's Tune driver process runs the next trial (``reuse_actors``): it
+    skips a process start and the ~2.5 s import of Ray Train and torch. A trial that ASHA stops
+    aborts its Train run before Tune hands its process on (:mod:`study.bridge`)."""
     s = spec.study
     if kind == "reference":
         param_space: dict[str, Any] = spec.reference_params()
@@ -278,7 +276,7 @@ def tune_setup(
         num_samples=s.num_samples,
         max_concurrent_trials=concurrent,
         time_budget_s=s.time_budget_s or None,
-        reuse_actors=s.scheduler == "none",
+        reuse_actors=True,
     )
 
 

@@ -32,7 +32,7 @@ class LateQueue:
         assert self.reading.wait(timeout=10)
         self.items.append({"epoch": 1})
 
-    def get(self, timeout: float) -> dict[str, Any]:
+    def get(self, timeout: float) -> tuple[None, dict[str, Any]]:
         self.gets += 1
         if self.gets == 1:
             self.reading.set()
@@ -41,10 +41,10 @@ class LateQueue:
             assert not fit.is_alive()
             raise Empty
         if self.items:
-            return self.items.pop(0)
+            return None, self.items.pop(0)
         raise Empty
 
-    def shutdown(self) -> None:
+    def shutdown(self, force: bool = False) -> None:
         pass
 
 
@@ -119,3 +119,95 @@ def test_a_failed_fit_fails_the_trial_after_its_reports(tmp_path: Path) -> None:
     (result,) = results
     assert "worker group failed" in str(result.error)
     assert [r["epoch"] for r in seen[result.metrics["trial_id"]]] == [1, 2]
+
+
+def stopped_after_one_epoch(config: dict[str, Any]) -> None:
+    """Train loop: epoch 1 reports at once; a trial ASHA stops there then ticks into ``ticks/``
+    through a 20-s epoch 2, so its ticks show how long its run outlived the stop."""
+    import time
+
+    import ray.train
+
+    pid = config["driver_pid"]
+    ray.train.report({"epoch": 1, "score": config["q"], "driver_pid": pid})
+    if config["q"] < 1:
+        ticks = Path(config["ticks"])
+        for _ in range(100):
+            ticks.write_text(str(time.time()))
+            time.sleep(0.2)
+    for epoch in (2, 3):
+        ray.train.report({"epoch": epoch, "score": config["q"] * epoch, "driver_pid": pid})
+
+
+def asha_trial(config: dict[str, Any]) -> None:
+    """A study trial in small: a ``TorchTrainer`` whose reports travel through the bridge."""
+    import os
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from study.bridge import ReportQueue, fit_reporting
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    reports = ReportQueue()
+    loop_config = {
+        "q": config["q"],
+        "driver_pid": os.getpid(),
+        "ticks": str(Path(config["root"]) / f"ticks-{trial_id}"),
+    }
+    trainer = TorchTrainer(
+        stopped_after_one_epoch,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+        run_config=RunConfig(
+            name=f"train-{trial_id}", storage_path=config["root"], callbacks=[reports]
+        ),
+    )
+    fit_reporting(trainer, reports)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
+def test_a_trial_asha_stops_ends_its_train_run_and_lends_its_process_to_the_next(
+    tmp_path: Path,
+) -> None:
+    """ASHA with reused trial processes, as a study searches: the first trial completes, the next
+    two score below it at epoch 1 and are stopped. Each stopped trial's Train run must end at the
+    stop, not go on training beside the next trial in the same process."""
+    import time
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    last: dict[float, dict[str, Any]] = {}  # by q: the trial's last report as Tune saw it
+    stopped_at: dict[str, float] = {}
+
+    class Seen(tune.Callback):
+        def on_trial_result(self, iteration: int, trials: Any, trial: Any, result: dict) -> None:
+            last[trial.config["q"]] = result
+
+        def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+            stopped_at[trial.trial_id] = time.time()
+
+    tuner = tune.Tuner(
+        tune.with_resources(asha_trial, {"CPU": 0.5}),
+        param_space={"q": tune.grid_search([1.0, 0.1, 0.2]), "root": str(tmp_path)},
+        tune_config=tune.TuneConfig(
+            metric="score",
+            mode="max",
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=3, grace_period=1),
+            max_concurrent_trials=1,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), callbacks=[Seen()], verbose=0),
+    )
+    assert not tuner.fit().errors
+    assert last[1.0]["epoch"] == 3
+    assert [last[q]["epoch"] for q in (0.1, 0.2)] == [1, 1]  # both stopped by ASHA
+    assert len({last[q]["driver_pid"] for q in (0.1, 0.2)}) == 1  # one process ran both
+    for q in (0.1, 0.2):
+        trial_id = last[q]["trial_id"]
+        last_tick = float((tmp_path / f"ticks-{trial_id}").read_text())
+        # the run's epoch 2 lasts 20 s; aborted at the stop, it ticks at most ~1 s beyond it
+        assert last_tick - stopped_at[trial_id] < 5.0
