@@ -1,4 +1,5 @@
-"""``bench/overhead.py``, ``bench/actor_start.py``, ``bench/trial_cpu.py`` and ``bench/hpo.py``:
+"""``bench/overhead.py``, ``bench/actor_start.py``, ``bench/trial_cpu.py``, ``bench/asha_reuse.py``
+and ``bench/hpo.py``:
 their analysis is right and a tiny run of each (of trial_cpu.py: its sampler) works.
 
 The scripts live in ``bench/`` (a folder of scripts, not a package); ``bench_scripts.load`` imports
@@ -21,6 +22,7 @@ from study.search_space import load_search_spec
 overhead = load("overhead")
 actor_start = load("actor_start")
 trial_cpu = load("trial_cpu")
+asha_reuse = load("asha_reuse")
 hpo = load("hpo")
 
 
@@ -368,6 +370,45 @@ def test_trial_cpu_sampler_sees_a_process_that_started_during_the_run() -> None:
     mine = [cpu for title, cpu in sampler.seen.values() if title.endswith("cpu-burner")]
     assert len(mine) == 1 and 0.6 - trial_cpu.SAMPLE_S - 0.05 <= mine[0] <= 1.0
     assert sampler.own_cpu_s > 0
+
+
+# ----------------------------------------------------------------------------- asha_reuse.py
+
+
+def test_asha_reuse_space_is_a_one_at_a_time_asha_search(tmp_path: Path) -> None:
+    space = tmp_path / "s.toml"
+    space.write_text(asha_reuse.space_toml(5, tmp_path / "data"))
+    spec = load_search_spec(space)  # the study's own validation
+    s = spec.study
+    assert (s.sampler, s.scheduler, s.num_samples, s.grace_period) == ("random", "asha", 5, 1)
+    assert s.max_concurrent_trials == 1 and s.max_t == asha_reuse.EPOCHS and not s.reference
+    assert [p.path for p in spec.params] == ["loss.alpha"]
+
+
+def test_asha_reuse_counts_the_trial_processes_of_the_session_it_names(tmp_path: Path) -> None:
+    logs = tmp_path / "session_2026-12-03_13-09-45_001101_3145" / "logs"
+    logs.mkdir(parents=True)
+    for i, actor in enumerate(["ImplicitFunc", "TrainController", "ImplicitFunc"]):
+        (logs / f"worker-{i}.out").write_text(f":job_id:01000000\n:actor_name:{actor}\n")
+    header = f"ray's output:   /s/ray.log (driver), {logs} (workers); --verbose prints it here"
+    assert asha_reuse.trial_processes(f"ray:  local\n{header}\n") == 2
+    assert asha_reuse.trial_processes("no header") is None
+
+
+def _asha_run(wall: float, status: str = "stopped_early") -> dict:
+    trial = {"status": status, "epochs": 1, "val/ndcg@10": 0.03, "param.loss.alpha": 0.7}
+    return {"wall_s": wall, "tune_s": wall - 10, "trial_processes": 1, "trials": [trial]}
+
+
+def test_asha_reuse_summary_and_the_check_that_both_ran_the_same_trials() -> None:
+    runs = {"before": [_asha_run(100.0), _asha_run(110.0)], "now": [_asha_run(84.0)]}
+    s = asha_reuse.summarise(4, runs)
+    assert s["before"]["wall_s"] == (105.0, pytest.approx(7.0711, abs=1e-4))
+    assert s["ratio"] == 0.8 and s["saved_s_per_trial"] == 5.25
+    assert asha_reuse.same_trials(runs) == 0.0
+    runs["now"].append(_asha_run(90.0, status="completed"))
+    with pytest.raises(RuntimeError, match="the runs differ"):
+        asha_reuse.same_trials(runs)
 
 
 # ----------------------------------------------------------------------------- figures.py
