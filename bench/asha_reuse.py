@@ -94,9 +94,7 @@ def run(code: Path, space: Path, storage: Path, log: Path) -> dict[str, Any]:
     """One study run by ``code``: wall and Tune seconds, trial processes, the trials."""
     import pyarrow.parquet as pq
 
-    cmd = [sys.executable, str(code / "study" / "run_search.py"), "--space", str(space)]
-    env = {} if code == overhead.ROOT else {"PYTHONPATH": str(code)}
-    wall = overhead._timed([*cmd, "--storage", str(storage)], log, code, env)
+    wall = overhead.run_search(code, space, storage, log)
     folder = storage / NAME
     rows = pq.read_table(folder / "leaderboard.parquet").to_pylist()
     keys = ("status", "epochs", overhead.METRIC, "param.loss.alpha")
@@ -126,13 +124,10 @@ def same_trials(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> float:
     every = [r["trials"] for rs in runs.values() for r in rs]
     first = every[0]
     diff = 0.0
+    same = ("status", "epochs", "param.loss.alpha")
     for trials in every[1:]:
         for a, b in zip(first, trials, strict=True):
-            if (a["status"], a["epochs"], a["param.loss.alpha"]) != (
-                b["status"],
-                b["epochs"],
-                b["param.loss.alpha"],
-            ):
+            if [a[k] for k in same] != [b[k] for k in same]:
                 raise RuntimeError(f"the runs differ: {a} vs {b}")
             diff = max(diff, abs(a[overhead.METRIC] - b[overhead.METRIC]))
     return diff

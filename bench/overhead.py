@@ -163,12 +163,17 @@ def _timed(
     return wall
 
 
-def run_study(code: Path, space: Path, storage: Path, log: Path) -> dict[str, Any]:
-    """``run_search.py`` of the source tree ``code`` (this repository or a worktree of an older
-    commit, whose ``vlm2rec`` then comes first on PYTHONPATH); wall time and the study's records."""
+def run_search(code: Path, space: Path, storage: Path, log: Path) -> float:
+    """Wall seconds of ``run_search.py`` of the source tree ``code`` (this repository or a worktree
+    of an older commit, whose ``vlm2rec`` then comes first on PYTHONPATH), output in ``log``."""
     cmd = [sys.executable, str(code / "study" / "run_search.py"), "--space", str(space)]
     env = {} if code == ROOT else {"PYTHONPATH": str(code)}
-    wall = _timed([*cmd, "--storage", str(storage)], log, code, env)
+    return _timed([*cmd, "--storage", str(storage)], log, code, env)
+
+
+def run_study(code: Path, space: Path, storage: Path, log: Path) -> dict[str, Any]:
+    """:func:`run_search`: its wall time and the study's records."""
+    wall = run_search(code, space, storage, log)
     study_dir = storage / tomllib.loads(space.read_text())["study"]["name"]
     return {"wall_s": wall, **_study_record(study_dir)}
 
