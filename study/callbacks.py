@@ -4,7 +4,8 @@ Everything a study shows is written here, on the driver, from the metrics the tr
 Train checkpoints need shared storage (docs/ARCHITECTURE.md, "Where a study's files live"):
 
 * ``trials/<trial_id>.json``: the trial's :class:`~study.records.TrialRecord`, rewritten
-  atomically after each report, so a killed driver loses nothing;
+  atomically after each report, so a killed driver loses nothing; a report that never reached
+  Tune is taken from the trial's last checkpoint when it ends (:func:`lost_reports`);
 * ``configs/<trial_id>.json``: its resolved run config, the input of its reproducing command;
 * ``leaderboard.parquet``: rebuilt from all trial records whenever a trial ends;
 * ``tensorboard/<run>/``: one run per trial, named for what it is (``reference``,
@@ -26,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow.fs
 from ray.tune import Callback
 
 from study.bridge import CHECKPOINT_PATH_KEY
@@ -44,10 +46,18 @@ from study.records import (
 )
 from study.search_space import trial_config
 from vlm2rec.atomic import atomic_write_text
+from vlm2rec.checkpoint import PROGRESS
 from vlm2rec.config import config_hash, to_dict
 from vlm2rec.reporting import TensorBoardReporter
 
-__all__ = ["StudyContext", "StudyRecorder", "follow", "hparams_order", "rebuild_leaderboard"]
+__all__ = [
+    "StudyContext",
+    "StudyRecorder",
+    "follow",
+    "hparams_order",
+    "lost_reports",
+    "rebuild_leaderboard",
+]
 
 #: Reported keys kept in a trial's history: the metrics (docs/ARCHITECTURE.md, "One name per
 #: number") and bookkeeping.
@@ -100,6 +110,8 @@ class StudyContext:
     #: the hparams table's metric columns (``val/*``, the study metric first); empty in the state
     #: of a study started before they were recorded (the recorder then uses each trial's own)
     hparams_metrics: tuple[str, ...] = ()
+    #: Train checkpoint storage (local folder or URI); empty in the state of an older study
+    train_storage: str = ""
 
     @property
     def folder(self) -> StudyFolder:
@@ -176,14 +188,16 @@ class StudyRecorder(Callback):
         if result.get(CHECKPOINT_PATH_KEY):
             record = dataclasses.replace(record, checkpoint_path=str(result[CHECKPOINT_PATH_KEY]))
         write_record(self.ctx.folder, record)
-        curves = {k: v for k, v in row.items() if k.startswith(_CURVE_PREFIXES)}
-        self._board(record).report(curves, int(row["epoch"]), None)
+        self._board(record).report(_curves(row), int(row["epoch"]), None)
         label = trial_label(self.kind, trial.trial_id)
         seconds = float(result.get("time_total_s", 0.0)) or None
         self._progress().epoch(trial.trial_id, label, int(row["epoch"]), row, seconds)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
+        for row in lost_reports(record, self.ctx.train_storage):
+            record = record.with_report(row)
+            self._board(record).report(_curves(row), int(row["epoch"]), None)
         last = record.history[-1] if record.history else {}
         test = {k: v for k, v in last.items() if k.startswith("test/")}
         # fit() reports test/* only after its last epoch: without them the scheduler stopped it.
@@ -279,6 +293,43 @@ class StudyRecorder(Callback):
                 *(f"| `{k}` | {v:.4f} |" for k, v in sorted(record.test_metrics.items())),
             ]
         return "\n".join(lines)
+
+
+def lost_reports(record: TrialRecord, train_storage: str) -> list[dict[str, float]]:
+    """The reports of epochs missing from ``record`` that its last checkpoint holds.
+
+    Every epoch is reported, so a gap in epochs ``1..last`` is a report that never reached Tune:
+    the driver stopped (Ctrl-C, SIGTERM, a kill) after the worker had reported it and saved its
+    checkpoint, and the rerun resumed the Train run from that checkpoint. The checkpoint's
+    ``progress.json`` keeps the history of every epoch it trained, under the reported names.
+    An unreadable checkpoint leaves the record as it is: the gap is then only in its curves.
+    """
+    epochs = {int(row["epoch"]) for row in record.history}
+    if not (record.checkpoint_path and train_storage) or epochs == set(
+        range(1, max(epochs, default=0) + 1)
+    ):
+        return []
+    try:
+        history = _checkpoint_history(record.checkpoint_path, train_storage)
+    except (OSError, ValueError, KeyError):
+        return []
+    return [_metrics(row) for row in history if int(row["epoch"]) not in epochs]
+
+
+def _checkpoint_history(path: str, train_storage: str) -> list[dict[str, Any]]:
+    """The ``progress.json`` history of the Train checkpoint at ``path`` (a path in the file
+    system of ``train_storage``, as Train's ``Checkpoint.path`` gives it)."""
+    fs = (
+        pyarrow.fs.FileSystem.from_uri(train_storage)[0]
+        if "://" in train_storage
+        else pyarrow.fs.LocalFileSystem()
+    )
+    with fs.open_input_stream(f"{path}/{PROGRESS}") as stream:
+        return list(json.loads(stream.read())["progress"]["history"])
+
+
+def _curves(row: Mapping[str, float]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k.startswith(_CURVE_PREFIXES)}
 
 
 def _error_summary(text: str) -> str:

@@ -323,13 +323,17 @@ def fail_orphaned_optuna_trials(db: Path, study: str) -> list[int]:
 
 
 def _fit_interrupted(tuner: tune.Tuner) -> bool:
-    """Run ``tuner.fit()``; True if Ctrl-C (SIGINT) stopped it.
+    """Run ``tuner.fit()``; True if Ctrl-C (SIGINT) or SIGTERM stopped it.
 
     On the first SIGINT Tune saves its state, stops the trials and *returns normally*; the only
     trace is that its handler puts back the handler it found. So we install a marker handler
     first: still in place after ``fit()`` means Tune's handler fired. (Without Tune's handler,
     ``TUNE_DISABLE_SIGINT_HANDLER=1``, the marker itself raises ``KeyboardInterrupt``.) Signal
     handlers exist in the main thread only; elsewhere Tune does not catch SIGINT either.
+
+    SIGTERM (``kill``, ``timeout``, a batch scheduler's or Kubernetes' stop) gets the same
+    answer. Tune does not catch it, and the handler ``ray.init`` installs exits at once, losing
+    what Tune did not save yet and leaving Ray's C++ stack dump on the terminal.
     """
     if threading.current_thread() is not threading.main_thread():
         tuner.fit()
@@ -339,6 +343,7 @@ def _fit_interrupted(tuner: tune.Tuner) -> bool:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, marker)
+    previous_term = signal.signal(signal.SIGTERM, _as_ctrl_c)
     try:
         tuner.fit()
         return signal.getsignal(signal.SIGINT) is marker and not int(
@@ -346,6 +351,15 @@ def _fit_interrupted(tuner: tune.Tuner) -> bool:
         )
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def _as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM handler: whatever SIGINT would do now (Tune's graceful stop on the first, the
+    marker's ``KeyboardInterrupt`` on the second)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):  # always, inside _fit_interrupted
+        handler(signal.SIGINT, frame)
 
 
 def _context(plan: StudyPlan, dataset: PreparedDataset) -> StudyContext:
@@ -365,6 +379,7 @@ def _context(plan: StudyPlan, dataset: PreparedDataset) -> StudyContext:
         git_sha=_git_sha(),
         versions=_versions(),
         hparams_metrics=hparams_order(s.metric, val),
+        train_storage=plan.train_storage,
     )
 
 

@@ -7,6 +7,7 @@ through the Ray processes it starts. The storage drills are unit-level (no Ray).
 
 * worker killed mid-epoch + a non-finite loss in the same study (one Ray start for both);
 * driver SIGKILLed, then Ctrl-C (SIGINT to the process group), then a rerun that finishes;
+* SIGTERM handled as Ctrl-C (unit-level, with Tune's own handler);
 * leaderboard write on a full disk / an unwritable folder.
 """
 
@@ -363,6 +364,50 @@ def test_driver_sigkill_then_ctrl_c_then_rerun_runs_every_trial_once(
         f"drill driver SIGKILL: {t_kill - t0:.0f} s to the kill; Ctrl-C run {t_int - t_kill:.0f} s;"
         f" final rerun {t_end - t_int:.0f} s"
     )
+
+
+class _SignalledTuner:
+    """A tuner whose ``fit()`` installs Ray Tune's own SIGINT handler, as ``Tuner.fit`` does,
+    then sends itself ``signals`` and waits until Tune's stop event is set."""
+
+    def __init__(self, *signals: signal.Signals) -> None:
+        self.signals = signals
+        self.stopped = False
+
+    def fit(self) -> None:
+        from ray.tune.tune import _setup_signal_catching
+
+        event = _setup_signal_catching()
+        for signum in self.signals:
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)  # Python runs the handler at the next bytecode of the main thread
+        self.stopped = event.wait(timeout=5)
+
+
+def test_sigterm_stops_the_search_as_ctrl_c_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (``kill``, ``timeout``, a scheduler) reaches Tune's graceful stop, which saves the
+    experiment state, and the study then says it was interrupted; the handlers are restored."""
+    from study.tune_runner import _fit_interrupted
+
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    tuner = _SignalledTuner(signal.SIGTERM)
+    assert _fit_interrupted(tuner)  # type: ignore[arg-type]
+    assert tuner.stopped
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+    quiet = _SignalledTuner()
+    assert not _fit_interrupted(quiet)  # type: ignore[arg-type]
+    assert not quiet.stopped
+
+
+def test_a_second_sigterm_stops_at_once_as_a_second_ctrl_c_does() -> None:
+    from study.tune_runner import _fit_interrupted
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        _fit_interrupted(_SignalledTuner(signal.SIGTERM, signal.SIGTERM))  # type: ignore[arg-type]
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_optuna_trials_left_running_by_a_killed_driver_are_failed_at_the_end(
