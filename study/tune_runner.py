@@ -351,7 +351,8 @@ def _fit_interrupted(tuner: tune.Tuner) -> bool:
         )
     finally:
         signal.signal(signal.SIGINT, previous)
-        signal.signal(signal.SIGTERM, previous_term)
+        # None: a handler not set from Python, which Python cannot put back; SIG_DFL is closest.
+        signal.signal(signal.SIGTERM, previous_term or signal.SIG_DFL)
 
 
 def _as_ctrl_c(signum: int, frame: Any) -> None:
