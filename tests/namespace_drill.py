@@ -52,6 +52,8 @@ RAY_MARKERS = ("site-packages/ray/", "ray::", "raylet", "gcs_server")
 #: The command prefix that isolates a drill (the tests put ``python namespace_drill.py ...`` after).
 NAMESPACE = ("unshare", "--pid", "--fork", "--mount-proc", "--net", "--")
 NAMESPACE += ("bash", "-c", '"$@"; exit $?', "drill")
+#: Epochs of the two-node drill's trials (see :func:`two_nodes`).
+TWO_NODE_EPOCHS = 5
 #: The tiny study of both drills: 2 grid trials, 1 Train worker each, seconds per epoch.
 SPACE = """
 base = "base.toml"
@@ -357,7 +359,11 @@ def two_nodes(work: Path, result: dict[str, Any]) -> None:
     log, study_log = work / "nodes.log", work / "study.log"
     run(["ray", "get-auth-token", "--generate"], log)
     (home / ".ray" / "auth_token").chmod(0o600)
-    write_study(work / "tiny", epochs=3, workers=1, cpus=1.0, max_failures=2)
+    # 5 epochs: Train runs up to two reports ahead of the study's records (the bridge holds one,
+    # the controller waits to put the next), so the first record can arrive with epoch 3 already
+    # checkpointed; with 3 epochs a slow CI machine once killed a trial that had nothing left to
+    # train, and the drill waited in vain for an epoch after the kill.
+    write_study(work / "tiny", epochs=TWO_NODE_EPOCHS, workers=1, cpus=1.0, max_failures=2)
     study_dir, shared = work / "studies" / "tiny", work / "shared-train"
     study_dir.mkdir(parents=True)
     head = [
@@ -392,6 +398,8 @@ def two_nodes(work: Path, result: dict[str, Any]) -> None:
         os.kill(raylets()[lost_ns], signal.SIGKILL)
         done = checkpointed_epoch(shared / f"train-{result['killed_trial']}")
         result["checkpointed_epoch_at_kill"] = done
+        if done >= TWO_NODE_EPOCHS:
+            raise SystemExit(f"the trial had checkpointed all {done} epochs before the kill")
         result["kill_at_s"] = t_kill - t0
         result["detect_s"] = wait_until(
             lambda: all(n["state"] == "DEAD" for n in nodes() if n["node_id"] in lost), 120,

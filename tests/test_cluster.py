@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from namespace_drill import NAMESPACE
+from namespace_drill import NAMESPACE, TWO_NODE_EPOCHS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -99,17 +99,17 @@ def test_study_across_two_nodes_survives_losing_the_worker_node(tmp_path: Path) 
     rows = pq.read_table(work / "studies" / "tiny" / "leaderboard.parquet").to_pylist()
     assert sorted(r["trial_id"] for r in rows) == sorted({r["trial_id"] for r in rows})
     assert killed in {r["trial_id"] for r in rows} and len(rows) == 2
-    assert {(r["status"], r["epochs"]) for r in rows} == {("completed", 3)}
+    assert {(r["status"], r["epochs"]) for r in rows} == {("completed", TWO_NODE_EPOCHS)}
     assert all(r["checkpoint_path"].startswith(str(work / "shared-train")) for r in rows)
     # Resumed from the first checkpoint: every epoch of the killed trial reported exactly once.
-    for epoch in (1, 2, 3):
+    for epoch in range(1, TWO_NODE_EPOCHS + 1):
         assert log.count(f" search-{killed}  epoch {epoch}/") == 1, log[-6000:]
     assert result["optuna"] == {"COMPLETE": 2}  # no trial left RUNNING
     assert result["survivors"] == []
     walls = {r["trial_id"]: r["wall_s"] for r in rows}
     (other,) = set(walls) - {killed}
     done = result["checkpointed_epoch_at_kill"]
-    assert 1 <= done < 3  # killed mid-trial, after its first checkpoint
+    assert 1 <= done < TWO_NODE_EPOCHS  # killed mid-trial, after its first checkpoint
     print(
         f"node loss: killed {result['kill_at_s']:.0f} s into the study, during epoch {done + 1} "
         f"(epoch {done} checkpointed: the part of epoch {done + 1} done before the kill was "
