@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,30 +39,32 @@ def test_the_hparams_table_leads_with_the_study_metric_then_ranking_then_diagnos
     assert hparams_order("val/mrr", names)[:2] == ("val/mrr", "val/ndcg@10/image")
 
 
-def _checkpoint(root: Path, epochs: int) -> Path:
-    """A Train checkpoint folder whose progress.json holds ``epochs`` reports."""
+#: Epochs of the run the tests below recover a report of; ``test/*`` come with the last one only.
+LAST = 4
+
+
+def _rows(epochs: Iterable[int]) -> list[dict[str, float]]:
+    rows = [{"epoch": float(e), "val/ndcg@10": 0.1 * e, "train/loss": 5.0 - e} for e in epochs]
+    return [{**row, "test/ndcg@10": 0.33} if row["epoch"] == LAST else row for row in rows]
+
+
+def _checkpoint(root: Path) -> Path:
+    """A Train checkpoint folder whose progress.json holds every report of the run."""
     folder = root / "train" / "train-t1" / "checkpoint_000"
     folder.mkdir(parents=True)
-    history = [
-        {"epoch": float(e), "val/ndcg@10": 0.1 * e, "train/loss": 5.0 - e}
-        for e in range(1, epochs + 1)
-    ]
-    history[-1]["test/ndcg@10"] = 0.33
-    (folder / PROGRESS).write_text(json.dumps({"config": {}, "progress": {"history": history}}))
+    progress = {"history": _rows(range(1, LAST + 1))}
+    (folder / PROGRESS).write_text(json.dumps({"config": {}, "progress": progress}))
     return folder
 
 
 def _record(checkpoint: Path, epochs: list[int]) -> TrialRecord:
-    rows = [{"epoch": float(e), "val/ndcg@10": 0.1 * e, "train/loss": 5.0 - e} for e in epochs]
-    if epochs[-1] == 4:
-        rows[-1]["test/ndcg@10"] = 0.33
-    return TrialRecord(trial_id="t1", history=rows, checkpoint_path=str(checkpoint))
+    return TrialRecord(trial_id="t1", history=_rows(epochs), checkpoint_path=str(checkpoint))
 
 
 def test_a_report_that_never_reached_tune_is_taken_from_the_last_checkpoint(
     tmp_path: Path,
 ) -> None:
-    checkpoint = _checkpoint(tmp_path, 4)
+    checkpoint = _checkpoint(tmp_path)
     storage = str(tmp_path / "train")
     lost = lost_reports(_record(checkpoint, [1, 2, 4]), storage)
     assert lost == [{"epoch": 3.0, "val/ndcg@10": pytest.approx(0.3), "train/loss": 2.0}]
@@ -91,7 +94,7 @@ def test_a_trial_that_ends_gets_its_lost_epoch_back_in_its_record(tmp_path: Path
         versions={},
         train_storage=str(tmp_path / "train"),
     )
-    write_record(ctx.folder, _record(_checkpoint(tmp_path, 4), [1, 2, 4]))
+    write_record(ctx.folder, _record(_checkpoint(tmp_path), [1, 2, 4]))
     StudyRecorder(ctx, "search").on_trial_complete(0, [], SimpleNamespace(trial_id="t1"))
     (record,) = read_records(ctx.folder)
     assert [row["epoch"] for row in record.history] == [1.0, 2.0, 3.0, 4.0]

@@ -381,7 +381,7 @@ class _SignalledTuner:
         for signum in self.signals:
             os.kill(os.getpid(), signum)
             time.sleep(0.05)  # Python runs the handler at the next bytecode of the main thread
-        self.stopped = event.wait(timeout=5)
+        self.stopped = event.wait(timeout=5) if self.signals else event.is_set()
 
 
 def test_sigterm_stops_the_search_as_ctrl_c_does(monkeypatch: pytest.MonkeyPatch) -> None:
