@@ -46,7 +46,7 @@ from study.records import (
 )
 from study.search_space import trial_config
 from vlm2rec.atomic import atomic_write_text
-from vlm2rec.checkpoint import PROGRESS
+from vlm2rec.checkpoint import PROGRESS, read_progress
 from vlm2rec.config import config_hash, to_dict
 from vlm2rec.reporting import TensorBoardReporter
 
@@ -311,12 +311,12 @@ def lost_reports(record: TrialRecord, train_storage: str) -> list[dict[str, floa
         return []
     try:
         history = _checkpoint_history(record.checkpoint_path, train_storage)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return []
     return [_metrics(row) for row in history if int(row["epoch"]) not in epochs]
 
 
-def _checkpoint_history(path: str, train_storage: str) -> list[dict[str, Any]]:
+def _checkpoint_history(path: str, train_storage: str) -> list[dict[str, float]]:
     """The ``progress.json`` history of the Train checkpoint at ``path`` (a path in the file
     system of ``train_storage``, as Train's ``Checkpoint.path`` gives it)."""
     fs = (
@@ -325,7 +325,7 @@ def _checkpoint_history(path: str, train_storage: str) -> list[dict[str, Any]]:
         else pyarrow.fs.LocalFileSystem()
     )
     with fs.open_input_stream(f"{path}/{PROGRESS}") as stream:
-        return list(json.loads(stream.read())["progress"]["history"])
+        return read_progress(stream.read()).history
 
 
 def _curves(row: Mapping[str, float]) -> dict[str, float]:

@@ -15,7 +15,6 @@ workers inherit the environment of the process that started Ray.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from vlm2rec.checkpoint import PROGRESS
+from vlm2rec.checkpoint import PROGRESS, read_progress
 from vlm2rec.config import RunConfig, from_dict
 from vlm2rec.distributed import DistInfo
 
@@ -102,7 +101,7 @@ def _final_report(resume: Path | None) -> dict[str, float] | None:
     after the last epoch only), else None."""
     if resume is None:
         return None
-    history = json.loads((resume / PROGRESS).read_text())["progress"]["history"]
+    history = read_progress((resume / PROGRESS).read_text()).history
     if history and any(k.startswith("test/") for k in history[-1]):
         return {k: float(v) for k, v in history[-1].items()}
     return None

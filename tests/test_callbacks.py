@@ -75,6 +75,9 @@ def test_a_report_that_never_reached_tune_is_taken_from_the_last_checkpoint(
     assert lost_reports(_record(tmp_path / "gone", [1, 2, 4]), storage) == []
     # The state of an older study knows no Train storage.
     assert lost_reports(_record(checkpoint, [1, 2, 4]), "") == []
+    # A progress.json this project did not write leaves the gap too.
+    (checkpoint / PROGRESS).write_text(json.dumps({"progress": {"history": [], "steps": 9}}))
+    assert lost_reports(_record(checkpoint, [1, 2, 4]), storage) == []
 
 
 def test_a_trial_that_ends_gets_its_lost_epoch_back_in_its_record(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from vlm2rec.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    read_progress,
     save_checkpoint,
 )
 
@@ -75,6 +76,18 @@ def test_weights_are_contiguous_cpu_copies(tmp_path: Path) -> None:
     w = {"t": torch.arange(12.0).reshape(3, 4).T}
     folder = save_checkpoint(tmp_path / "e", w, w, {}, Progress(), {})
     assert torch.equal(load_checkpoint(folder)[0]["t"], w["t"])
+
+
+def test_read_progress_takes_text_or_bytes_and_refuses_other_files(tmp_path: Path) -> None:
+    folder = save_checkpoint(tmp_path / "epoch_0002", {}, {}, {}, _progress(), {"seed": 3})
+    text = (folder / "progress.json").read_text()
+    assert read_progress(text) == read_progress(text.encode()) == _progress()
+    with pytest.raises(ValueError):
+        read_progress("not json")
+    with pytest.raises(KeyError):
+        read_progress('{"config": {}}')
+    with pytest.raises(TypeError, match="steps"):
+        read_progress('{"progress": {"epoch": 1, "steps": 9}}')
 
 
 class _NotAllowed:

@@ -30,6 +30,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "prune_checkpoints",
+    "read_progress",
     "save_checkpoint",
 ]
 
@@ -50,6 +51,15 @@ class Progress:
     best_metric: float | None = None  #: its value
     bad_validations: int = 0  #: validations since the last improvement (early stopping)
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)  #: one dict per epoch
+
+
+def read_progress(text: str | bytes) -> Progress:
+    """The :class:`Progress` of a checkpoint from the text of its ``progress.json``.
+
+    Raises ``ValueError`` (not JSON), ``KeyError`` (no ``progress``) or ``TypeError`` (unknown
+    or mistyped fields) for a file that is not one this module wrote.
+    """
+    return Progress(**json.loads(text)["progress"])
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -87,7 +97,7 @@ def load_checkpoint(
     if missing:
         raise FileNotFoundError(f"{folder}: not a checkpoint (missing {', '.join(missing)})")
     state = torch.load(folder / STATE, map_location="cpu", weights_only=True)
-    progress = Progress(**json.loads((folder / PROGRESS).read_text())["progress"])
+    progress = read_progress((folder / PROGRESS).read_text())
     return load_file(str(folder / WEIGHTS)), load_file(str(folder / BEST)), state, progress
 
 
