@@ -74,12 +74,16 @@ STUDY_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_USAGE_STATS_ENABLED
 #: watch for and no Prometheus to scrape Train's metrics, and the controller polls its workers
 #: every 0.1 s instead of 2 s, so it notices each report and the end of a run sooner. A Train run
 #: whose function has returned ends 0.3 s later instead of 1.1 s at 0.5 s;
-#: a poll is one small RPC per worker. bench/overhead.py measures the whole study. A cluster
+#: a poll is one small RPC per worker. bench/overhead.py measures the whole study. A local Ray's
+#: control service (GCS) is never restarted, so its processes give up on a lost one after 10 s
+#: instead of 60 s: a SIGTERM to the driver's whole process group stops the GCS with the driver,
+#: which would otherwise wait out the 60 s while the Train workers go on training. A cluster
 #: keeps Ray's defaults.
 LOCAL_RAY_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_gcs_rpc_server_reconnect_timeout_s": "10",
 }
 #: Ray's authentication for every Ray a study starts or joins, unless RAY_AUTH_MODE is set:
 #: token, decided here rather than by the Ray version (2.60 turns it on for a new local Ray,

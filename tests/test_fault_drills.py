@@ -8,6 +8,7 @@ through the Ray processes it starts. The storage drills are unit-level (no Ray).
 * worker killed mid-epoch + a non-finite loss in the same study (one Ray start for both);
 * driver SIGKILLed, then Ctrl-C (SIGINT to the process group), then a rerun that finishes;
 * SIGTERM handled as Ctrl-C (unit-level, with Tune's own handler);
+* SIGTERM to the driver's process group, which stops the local Ray's own processes too;
 * leaderboard write on a full disk / an unwritable folder.
 """
 
@@ -32,7 +33,7 @@ import pytest
 from study import run_search
 from study.leaderboard import LeaderboardError, read_leaderboard, write_leaderboard
 from study.worker import FAULT_ENV, _final_report, fault_due
-from vlm2rec.checkpoint import PROGRESS
+from vlm2rec.checkpoint import PROGRESS, read_progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,9 +42,9 @@ base = "base.toml"
 [study]
 name = "{name}"
 sampler = "grid"
-num_samples = 2
+num_samples = {num_samples}
 scheduler = "none"
-max_t = 2
+max_t = {epochs}
 grace_period = 1
 workers_per_trial = 2
 cpus_per_worker = 0.5
@@ -76,10 +77,14 @@ def _study(
     param: str,
     choices: str,
     max_failures: int = 0,
+    epochs: int = 2,
 ) -> list[str]:
-    """Write base + space TOML under ``root``; return the run_search argv."""
-    (root / "base.toml").write_text(base.format(data=root / "data"))
+    """Write base + space TOML under ``root`` (one grid trial per choice); return the argv."""
+    base = base.format(data=root / "data").replace("epochs = 2", f"epochs = {epochs}")
+    (root / "base.toml").write_text(base)
     space = SPACE.format(
+        num_samples=choices.count(",") + 1,
+        epochs=epochs,
         name=name,
         reference=str(reference).lower(),
         max_failures=max_failures,
@@ -364,6 +369,51 @@ def test_driver_sigkill_then_ctrl_c_then_rerun_runs_every_trial_once(
         f"drill driver SIGKILL: {t_kill - t0:.0f} s to the kill; Ctrl-C run {t_int - t_kill:.0f} s;"
         f" final rerun {t_end - t_int:.0f} s"
     )
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_ends_driver_and_workers_and_the_rerun_finishes(
+    tmp_path: Path, tiny_study_base: str
+) -> None:
+    """A SIGTERM to the driver's whole process group (as some schedulers send) stops the local
+    Ray's control service (GCS) with the driver. The driver gives up on it after the 10 s of
+    ``LOCAL_RAY_ENV`` (Ray's default would be 60 s), the Train worker ends with it instead of
+    training on, and the rerun resumes the trial from its last checkpoint to the end."""
+    epochs = 5  # Train runs up to 2 reports ahead of Tune: the kill must leave epochs to train
+    argv = _study(
+        tmp_path, tiny_study_base, "group", reference=False, param="loss.alpha", choices="[0.5]",
+        epochs=epochs,
+    )  # fmt: skip
+    study_dir, log = tmp_path / "studies" / "group", tmp_path / "run.log"
+    proc = _start(argv, _env(), log)
+    # Once epoch 1 reached Tune.
+    _wait_for(lambda: any(r["history"] for r in _records(study_dir).values()), proc, 240, log)
+    checkpoints = (study_dir / "train").glob(f"train-*/checkpoint_*/{PROGRESS}")
+    done = max(read_progress(p.read_text()).epoch for p in checkpoints)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert done < epochs, f"all {done} epochs were checkpointed before the kill: no drill"
+    _finish(proc, timeout=45)  # Ray's own 60-s wait for its GCS would fail here
+    gone = time.monotonic() + 20
+    while _session_processes(proc.pid) and time.monotonic() < gone:
+        time.sleep(0.5)
+    assert not _session_processes(proc.pid), log.read_text()
+
+    marks = len(log.read_text())
+    rc = _finish(_start(argv, _env(), log), timeout=240)
+    text = log.read_text()
+    assert rc == 0, text
+    assert f"resuming {study_dir / 'search'}" in text[marks:]
+    (record,) = _records(study_dir).values()
+    assert record["status"] == "completed" and record["test_metrics"], text
+    assert [int(row["epoch"]) for row in record["history"]] == list(range(1, epochs + 1))
+    assert _optuna_states(study_dir / "optuna.db") == {"COMPLETE": 1}, text
+
+
+def _session_processes(sid: int) -> list[str]:
+    """``pid command`` of every process still in session ``sid`` (the killed driver's)."""
+    out = subprocess.run(["ps", "-s", str(sid), "-o", "pid=,args="], capture_output=True, text=True)
+    return out.stdout.split("\n")[:-1]
 
 
 class _SignalledTuner:
