@@ -56,8 +56,8 @@ class Progress:
 def read_progress(text: str | bytes) -> Progress:
     """The :class:`Progress` of a checkpoint from the text of its ``progress.json``.
 
-    Raises ``ValueError`` (not JSON), ``KeyError`` (no ``progress``) or ``TypeError`` (unknown
-    or mistyped fields) for a file that is not one this module wrote.
+    Raises ``ValueError`` (not JSON), ``KeyError`` (no ``progress``) or ``TypeError`` (an unknown
+    field, or no mapping under ``progress``) for a file that is not one this module wrote.
     """
     return Progress(**json.loads(text)["progress"])
 
