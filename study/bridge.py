@@ -22,6 +22,7 @@ ends: left running, it would go on training beside the next trial and hold its w
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 from typing import Any
 
@@ -51,7 +52,7 @@ class ReportQueue(UserCallback):
 
     The metrics are rank 0's only: ``worker.py`` reports all-reduced metrics from every rank. A
     checkpoint is already in Train's storage; only its path travels, under ``checkpoint_path``.
-    Each item is ``(controller, report)``: the handle lets a stopped trial abort its run.
+    Each item is ``(controller, report)``, pickled: the handle lets a stopped trial abort its run.
     """
 
     def __init__(self) -> None:
@@ -69,7 +70,10 @@ class ReportQueue(UserCallback):
         report = dict(metrics[0])
         if checkpoint is not None:
             report[CHECKPOINT_PATH_KEY] = checkpoint.path
-        self.queue.put((ray.get_runtime_context().current_actor, report))
+        # Pickled here, so the queue's actor only holds bytes: unpickling the controller's handle
+        # there imported Train's controller module with pandas and numpy, 0.5 s on the first
+        # report of every trial, which the controller waits for (bench/trial_timeline.py).
+        self.queue.put(pickle.dumps((ray.get_runtime_context().current_actor, report)))
 
 
 def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
@@ -96,7 +100,7 @@ def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
             # Read before the queue: a report put after this is seen on the next turn.
             running = thread.is_alive()
             try:
-                controller, report = reports.queue.get(timeout=_POLL_S)
+                controller, report = pickle.loads(reports.queue.get(timeout=_POLL_S))
             except Empty:
                 if not running:
                     break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 import threading
 from pathlib import Path
@@ -32,7 +33,7 @@ class LateQueue:
         assert self.reading.wait(timeout=10)
         self.items.append({"epoch": 1})
 
-    def get(self, timeout: float) -> tuple[None, dict[str, Any]]:
+    def get(self, timeout: float) -> bytes:
         self.gets += 1
         if self.gets == 1:
             self.reading.set()
@@ -41,7 +42,7 @@ class LateQueue:
             assert not fit.is_alive()
             raise Empty
         if self.items:
-            return None, self.items.pop(0)
+            return pickle.dumps((None, self.items.pop(0)))
         raise Empty
 
     def shutdown(self, force: bool = False) -> None:
