@@ -1,5 +1,5 @@
-"""``bench/overhead.py``, ``bench/actor_start.py``, ``bench/trial_cpu.py``, ``bench/asha_reuse.py``
-and ``bench/hpo.py``:
+"""``bench/overhead.py``, ``bench/actor_start.py``, ``bench/trial_cpu.py``, ``bench/asha_reuse.py``,
+``bench/trial_timeline.py`` and ``bench/hpo.py``:
 their analysis is right and a tiny run of each (of trial_cpu.py: its sampler) works.
 
 The scripts live in ``bench/`` (a folder of scripts, not a package); ``bench_scripts.load`` imports
@@ -23,6 +23,7 @@ overhead = load("overhead")
 actor_start = load("actor_start")
 trial_cpu = load("trial_cpu")
 asha_reuse = load("asha_reuse")
+trial_timeline = load("trial_timeline")
 hpo = load("hpo")
 
 
@@ -238,7 +239,11 @@ def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> No
         "train.batch_size=16",
     ]
     argv += ["--data-root", str(tmp_path / "data"), "--out", str(out)]
-    assert hpo.main(argv) == out
+
+    def run_hpo() -> None:  # its own process: the script starts (and stops) its own Ray
+        subprocess.run([sys.executable, hpo.__file__, *argv], check=True)
+
+    run_hpo()
     doc = json.loads(out.read_text())
     runs = {r["method"]: r for r in doc["runs"]}
     assert set(runs) == set(hpo.DEFAULT_METHODS)
@@ -256,14 +261,14 @@ def test_hpo_smoke_spends_the_budget_and_pairs_random_runs(tmp_path: Path) -> No
     )
     assert doc["runs_left"] == [] and {r["git_sha"] for r in doc["runs"]} == {hpo.git_sha()}
     # the same command again takes every run from its result file and runs none
-    assert hpo.main(argv) == out
+    run_hpo()
     again = json.loads(out.read_text())
     assert again["kept_runs"] == len(hpo.DEFAULT_METHODS) and again["runs"] == doc["runs"]
     assert again["summary"] == doc["summary"]
     # a run whose key is not there (another machine, budget, ...) is run again
     doc["runs"][0]["key"] = "elsewhere"
     out.write_text(json.dumps(doc))
-    assert hpo.main(argv) == out
+    run_hpo()
     assert json.loads(out.read_text())["kept_runs"] == len(hpo.DEFAULT_METHODS) - 1
 
 
@@ -409,6 +414,46 @@ def test_asha_reuse_summary_and_the_check_that_both_ran_the_same_trials() -> Non
     runs["now"].append(_asha_run(90.0, status="completed"))
     with pytest.raises(RuntimeError, match="the runs differ"):
         asha_reuse.same_trials(runs)
+
+
+# ----------------------------------------------------------------------------- trial_timeline.py
+
+
+def _event(method: str, worker: str, start_s: float, dur_s: float) -> dict:
+    """One completed call in ``ray.timeline``'s format (microseconds)."""
+    return {
+        "ph": "X",
+        "cat": f"task::{method}",
+        "tid": worker,
+        "ts": start_s * 1e6,
+        "dur": dur_s * 1e6,
+    }
+
+
+def test_trial_timeline_splits_each_train_run_at_its_own_calls() -> None:
+    events = [{"ph": "i", "cat": "task::TrainController.run", "ts": 0.0}]  # not a completed call
+    for t0, controller, put in ((0.0, "worker:c1", 0.5), (20.0, "worker:c2", 0.01)):
+        events += [
+            _event("TrainController.__init__", controller, t0, 1.5),
+            _event("TrainController.run", controller, t0 + 2, 10.0),
+            _event("RayTrainWorker.init_train_context", "worker:w", t0 + 4.5, 1.25),
+            _event("_QueueActor.put", "worker:q", t0 + 9, put),
+            _event("_QueueActor.put", "worker:q", t0 + 11, 0.0),  # the next report's
+        ]
+    events.reverse()  # the timeline's order is not time order
+    first, second = trial_timeline.phases(events)
+    assert first == {
+        "controller_init_s": 1.5, "to_worker_s": 2.5, "worker_init_s": 1.25,
+        "first_put_s": 0.5, "run_s": 10.0,
+    }  # fmt: skip
+    assert second["first_put_s"] == pytest.approx(0.01) and second["to_worker_s"] == 2.5
+    runs = {
+        code: [{"wall_s": wall, "runs": [first, {**second, "run_s": run_s}]}]
+        for code, wall, run_s in (("before", 40.0, 10.0), ("now", 38.0, 7.0))
+    }
+    s = trial_timeline.summarise(runs)
+    assert s["now"]["run_s"] == (8.5, pytest.approx(2.1213, abs=1e-4))
+    assert s["run_s_ratio"] == 8.5 / 10.0 and s["before"]["wall_s"] == (40.0, 0.0)
 
 
 # ----------------------------------------------------------------------------- figures.py
