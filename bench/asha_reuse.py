@@ -28,11 +28,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,19 +144,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         raise SystemExit(
             f"expected --trials >= 2 and --repeats >= 1, got {args.trials}, {args.repeats}"
         )
-    from study.search_space import load_search_spec
-    from vlm2rec.data.prepare import ensure_dataset
-
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "now": []}
-    with tempfile.TemporaryDirectory(prefix="asha-reuse-") as tmp, contextlib.ExitStack() as stack:
-        work = Path(tmp)
-        codes = {
-            "before": stack.enter_context(overhead.worktree(args.before, work)),
-            "now": overhead.ROOT,
-        }
-        space = work / "asha.toml"
-        space.write_text(space_toml(args.trials, work / "data"))
-        ensure_dataset(load_search_spec(space).base_config().data)
+    space_text = functools.partial(space_toml, args.trials)
+    with overhead.before_and_now(args.before, space_text) as (work, codes, space):
         for i in range(args.repeats):
             for name, code in codes.items():
                 print(

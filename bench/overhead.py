@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -430,6 +430,24 @@ def worktree(ref: str, parent: Path) -> Iterator[Path]:
         subprocess.run(
             ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
         )
+
+
+@contextlib.contextmanager
+def before_and_now(
+    ref: str, space_text: Callable[[Path], str]
+) -> Iterator[tuple[Path, dict[str, Path], Path]]:
+    """A scratch folder, the two source trees to compare (``before``: a worktree of ``ref``,
+    ``now``: this one) and the study file ``space_text(data folder)`` written there, with its
+    dataset built (not timed, shared by every run of both)."""
+    from study.search_space import load_search_spec
+    from vlm2rec.data.prepare import ensure_dataset
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, worktree(ref, Path(tmp)) as before:
+        work = Path(tmp)
+        space = work / "space.toml"
+        space.write_text(space_text(work / "data"))
+        ensure_dataset(load_search_spec(space).base_config().data)
+        yield work, {"before": before, "now": ROOT}, space
 
 
 def main(argv: Sequence[str] | None = None) -> Path | None:

@@ -28,10 +28,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import json
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -139,19 +138,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
             f"expected --before, --trials in 1..{len(overhead.ALPHAS)} and --repeats >= 1, "
             f"got {args.before}, {args.trials}, {args.repeats}"
         )
-    from study.search_space import load_search_spec
-    from vlm2rec.data.prepare import ensure_dataset
-
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "now": []}
-    with tempfile.TemporaryDirectory(prefix="timeline-") as tmp, contextlib.ExitStack() as stack:
-        work = Path(tmp)
-        codes = {
-            "before": stack.enter_context(overhead.worktree(args.before, work)),
-            "now": overhead.ROOT,
-        }
-        space = work / "timeline.toml"
-        space.write_text(overhead.space_toml("5s", args.trials, work / "data"))
-        ensure_dataset(load_search_spec(space).base_config().data)
+    space_text = functools.partial(overhead.space_toml, "5s", args.trials)
+    with overhead.before_and_now(args.before, space_text) as (work, codes, space):
         for i in range(args.repeats):
             for name, code in codes.items():
                 r = run(code, space, work, f"{name}-{i}")
