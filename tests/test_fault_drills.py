@@ -29,11 +29,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from namespace_drill import checkpointed_epoch
 
 from study import run_search
 from study.leaderboard import LeaderboardError, read_leaderboard, write_leaderboard
 from study.worker import FAULT_ENV, _final_report, fault_due
-from vlm2rec.checkpoint import PROGRESS, read_progress
+from vlm2rec.checkpoint import PROGRESS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -389,7 +390,7 @@ def test_sigterm_to_the_process_group_ends_driver_and_workers_and_the_rerun_fini
     proc = _start(argv, _env(), log)
     # Once epoch 1 reached Tune.
     _wait_for(lambda: any(r["history"] for r in _records(study_dir).values()), proc, 240, log)
-    done = _checkpointed_epoch(study_dir)
+    done = max(map(checkpointed_epoch, (study_dir / "train").glob("train-*")), default=0)
     os.killpg(proc.pid, signal.SIGTERM)
     assert done < epochs, f"all {done} epochs were checkpointed before the kill: no drill"
     _finish(proc, timeout=45)  # Ray's own 60-s wait for its GCS would fail here
@@ -407,15 +408,6 @@ def test_sigterm_to_the_process_group_ends_driver_and_workers_and_the_rerun_fini
     assert record["status"] == "completed" and record["test_metrics"], text
     assert [int(row["epoch"]) for row in record["history"]] == list(range(1, epochs + 1))
     assert _optuna_states(study_dir / "optuna.db") == {"COMPLETE": 1}, text
-
-
-def _checkpointed_epoch(study_dir: Path) -> int:
-    """The last epoch the study's Train runs have persisted a checkpoint of (0 if none)."""
-    epochs = [0]
-    for path in (study_dir / "train").glob(f"train-*/checkpoint_*/{PROGRESS}"):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # being copied
-            epochs.append(read_progress(path.read_text()).epoch)
-    return max(epochs)
 
 
 def _session_processes(sid: int) -> list[str]:
