@@ -167,8 +167,13 @@ def run_search(code: Path, space: Path, storage: Path, log: Path) -> float:
     """Wall seconds of ``run_search.py`` of the source tree ``code`` (this repository or a worktree
     of an older commit, whose ``vlm2rec`` then comes first on PYTHONPATH), output in ``log``."""
     cmd = [sys.executable, str(code / "study" / "run_search.py"), "--space", str(space)]
-    env = {} if code == ROOT else {"PYTHONPATH": str(code)}
-    return _timed([*cmd, "--storage", str(storage)], log, code, env)
+    return _timed([*cmd, "--storage", str(storage)], log, code, source_env(code))
+
+
+def source_env(code: Path) -> dict[str, str]:
+    """What a process runs with to use the source tree ``code``: a worktree of an older commit
+    comes first on PYTHONPATH (its ``study`` and ``vlm2rec``, for the Ray workers too)."""
+    return {} if code == ROOT else {"PYTHONPATH": str(code)}
 
 
 def run_study(code: Path, space: Path, storage: Path, log: Path) -> dict[str, Any]:

@@ -104,8 +104,7 @@ def run(code: Path, space: Path, work: Path, name: str) -> dict[str, Any]:
     timeline = work / f"{name}.timeline.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--study", str(space)]
     cmd += [str(work / name), str(timeline)]
-    env = {} if code == overhead.ROOT else {"PYTHONPATH": str(code)}
-    wall = overhead._timed(cmd, work / f"{name}.log", code, env)
+    wall = overhead._timed(cmd, work / f"{name}.log", code, overhead.source_env(code))
     return {"wall_s": wall, "runs": phases(json.loads(timeline.read_text()))}
 
 

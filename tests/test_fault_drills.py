@@ -14,7 +14,6 @@ through the Ray processes it starts. The storage drills are unit-level (no Ray).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -29,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from namespace_drill import checkpointed_epoch
+from namespace_drill import checkpointed_epoch, optuna_states
 
 from study import run_search
 from study.leaderboard import LeaderboardError, read_leaderboard, write_leaderboard
@@ -151,14 +150,6 @@ def _completed(study_dir: Path, kind: str | None = None) -> list[str]:
         and r.get("test_metrics")
         and (kind is None or r.get("kind") == kind)
     ]
-
-
-def _optuna_states(db: Path) -> dict[str, int]:
-    """``{state: count}`` of the trials in a study's optuna.db."""
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(db)) as con:
-        return dict(con.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
 
 
 # ---- the fault-injection hook itself (fast) ---------------------------------------------------
@@ -354,7 +345,7 @@ def test_driver_sigkill_then_ctrl_c_then_rerun_runs_every_trial_once(
     assert (study_dir / "study_done.json").exists()
     assert "took over the study lock of pid" in text[:marks]  # the SIGKILLed driver's lock
     # The sampler's record of the killed run's trial is not left RUNNING.
-    assert _optuna_states(study_dir / "optuna.db") == {"COMPLETE": 2}, text
+    assert optuna_states(study_dir / "optuna.db") == {"COMPLETE": 2}, text
     rows = pq.read_table(study_dir / "leaderboard.parquet").to_pylist()
     assert sorted(r["kind"] for r in rows) == ["reference", "search", "search"]
     assert len({r["trial_id"] for r in rows}) == 3
@@ -407,7 +398,7 @@ def test_sigterm_to_the_process_group_ends_driver_and_workers_and_the_rerun_fini
     (record,) = _records(study_dir).values()
     assert record["status"] == "completed" and record["test_metrics"], text
     assert [int(row["epoch"]) for row in record["history"]] == list(range(1, epochs + 1))
-    assert _optuna_states(study_dir / "optuna.db") == {"COMPLETE": 1}, text
+    assert optuna_states(study_dir / "optuna.db") == {"COMPLETE": 1}, text
 
 
 def _session_processes(sid: int) -> list[str]:
@@ -472,9 +463,9 @@ def test_optuna_trials_left_running_by_a_killed_driver_are_failed_at_the_end(
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
     study.tell(study.ask(), 1.0)
     study.ask()  # created by the searcher, never told: its driver was killed
-    assert _optuna_states(db) == {"COMPLETE": 1, "RUNNING": 1}
+    assert optuna_states(db) == {"COMPLETE": 1, "RUNNING": 1}
     assert fail_orphaned_optuna_trials(db, "s") == [1]
-    assert _optuna_states(db) == {"COMPLETE": 1, "FAIL": 1}
+    assert optuna_states(db) == {"COMPLETE": 1, "FAIL": 1}
     assert fail_orphaned_optuna_trials(db, "s") == []
     assert fail_orphaned_optuna_trials(tmp_path / "none.db", "s") == []
     assert fail_orphaned_optuna_trials(db, "other") == []
