@@ -1,9 +1,9 @@
 """The per-trial Tune function: resolve the trial's run config and run a Ray Train ``TorchTrainer``.
 
 Train V2 pattern (docs/ARCHITECTURE.md, "Ray traps"): Tune runs :func:`run_trial` once per trial
-with a small CPU share; it builds a ``TorchTrainer`` whose workers run
-:func:`study.worker.train_loop_per_worker`, and :mod:`study.bridge` forwards rank 0's per-epoch
-reports to the trial, the last one included. The Train run is named ``train-<trial id>`` with no
+with a small CPU share; it builds a ``TorchTrainer`` (:class:`study.trainer.StudyTrainer`) whose
+workers run :func:`study.worker.train_loop_per_worker`, and :mod:`study.bridge` forwards rank 0's
+per-epoch reports to the trial, the last one included. The Train run is named ``train-<trial id>`` with no
 timestamp, so a retried or restored trial resumes from its checkpoint.
 """
 
@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-# At run time ``ray.train.*`` and ``TorchTrainer`` are Train V2's (default since Ray 2.51); the
-# static stubs still describe V1, hence the two type-ignores below.
+# At run time ``ray.train.*`` is Train V2's (default since Ray 2.51); the static stubs still
+# describe V1, hence the two type-ignores below.
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from study.bridge import ReportQueue, fit_reporting
 from study.search_space import trial_config
+from study.trainer import StudyTrainer
 from study.worker import train_loop_per_worker
 from vlm2rec.config import to_dict
 
@@ -49,7 +49,7 @@ def run_trial(params: dict[str, Any], plan: TrialPlan) -> None:
     if plan.gpus_per_worker:
         resources["GPU"] = plan.gpus_per_worker
     reports = ReportQueue()
-    trainer = TorchTrainer(
+    trainer = StudyTrainer(
         train_loop_per_worker,
         train_loop_config={"run": to_dict(cfg), "threads": cpu_threads},
         scaling_config=ScalingConfig(
