@@ -11,7 +11,7 @@ actors, each in a process of its own that imports Train:
   the dashboard whether the controller is alive every 5 s instead of every 1 s. And at the end of
   a run that has freed its group it is killed instead of stopped: a stop waits for the poll in
   progress to end, which held up the end of every trial by 0.2-0.8 s (Ray's task timeline,
-  ``bench/trial_timeline.py``).
+  ``bench/trial_timeline.py``). An aborted run leaves it running until the controller is gone.
 
 Both are Train internals (``_create_default_callbacks``), which is why ``pyproject.toml`` pins Ray
 to 2.60; ``tests/test_trainer.py`` fails if they change.
