@@ -56,15 +56,10 @@ type = "categorical"
 choices = {choices}
 """
 
-#: Train settings that make a 2-core drill quicker (docs/ARCHITECTURE.md, "Ray traps").
-FAST_RAY_ENV = {
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-    "PYTHONUNBUFFERED": "1",
-}
+#: What the drills add to the environment: the driver's log lines as they are printed. Ray's and
+#: Tune's settings are the ones a study sets itself (``STUDY_ENV``, ``LOCAL_RAY_ENV``), so the
+#: drills run with the product's.
+DRILL_ENV = {"PYTHONUNBUFFERED": "1"}
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -97,7 +92,7 @@ def _study(
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in FAULT_ENV}
-    return {**env, **FAST_RAY_ENV, **extra}
+    return {**env, **DRILL_ENV, **extra}
 
 
 def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
