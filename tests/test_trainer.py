@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import ray.cloudpickle
+from namespace_drill import wait_until
 
 # Ray's workers cannot import this test module: its train functions travel by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -119,17 +120,15 @@ def test_runs_start_no_dataset_manager_and_a_killed_controllers_group_is_freed(
 
     thread = threading.Thread(target=fit, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline, "the train function never started"
-        time.sleep(0.2)
+    wait_until(started.exists, 60, "the train function to start")
     (group,) = _created_groups()  # the run's: no other run is going on
     (controller,) = [a for a in _actors("TrainController") if a.actor_id not in earlier]
     os.kill(controller.pid, signal.SIGKILL)
     thread.join(timeout=30)
     assert errors, "fit() should fail when its controller dies"
-    deadline = time.monotonic() + CLEANER_POLL_S + 20
-    while placement_group_table()[group]["state"] != "REMOVED":
-        assert time.monotonic() < deadline, "the killed run's placement group was never freed"
-        time.sleep(0.5)
+
+    def removed() -> bool:
+        return placement_group_table()[group]["state"] == "REMOVED"
+
+    wait_until(removed, CLEANER_POLL_S + 20, "the killed run's placement group to be freed", 0.5)
     assert len(_actors("DatasetManager")) == managers
