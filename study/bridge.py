@@ -17,6 +17,10 @@ When Tune stops the trial (ASHA), ``ray.tune.report`` raises ``SystemExit`` in t
 Tune may then run the next trial in the same process (``reuse_actors``), so the stopped trial's
 Train run is aborted through its controller, which each report carries, before the function
 ends: left running, it would go on training beside the next trial and hold its workers' CPUs.
+
+The queue is an actor, a process of its own, so each trial process creates one and keeps it for
+the trials it runs after (:func:`_process_queue`): one process start fewer per trial. Each report
+carries its run's token, and a trial skips what an aborted run before it put late.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
+import uuid
 from typing import Any
 
 import ray
 import ray.tune
 from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
 from ray.train import UserCallback
 from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -52,17 +59,13 @@ class ReportQueue(UserCallback):
 
     The metrics are rank 0's only: ``worker.py`` reports all-reduced metrics from every rank. A
     checkpoint is already in Train's storage; only its path travels, under ``checkpoint_path``.
-    Each item is ``(controller, report)``, pickled: the handle lets a stopped trial abort its run.
+    Each item is ``(run, controller, report)``, pickled: ``run`` is this callback's token, and the
+    controller's handle lets a stopped trial abort its run.
     """
 
     def __init__(self) -> None:
-        # On the trial function's node: an actor that needs no resources may be placed anywhere,
-        # and a lost worker node must not take the queue of a trial that resumes.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        #: one report at a time: Train waits for the trial to take a report before the next
-        self.queue: Queue = Queue(
-            maxsize=1, actor_options={"num_cpus": 0, "scheduling_strategy": here}
-        )
+        self.queue = _process_queue()
+        self.run = uuid.uuid4().hex
 
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
@@ -73,7 +76,30 @@ class ReportQueue(UserCallback):
         # Pickled here, so the queue's actor only holds bytes: unpickling the controller's handle
         # there imported Train's controller module with pandas and numpy, 0.5 s on the first
         # report of every trial, which the controller waits for (bench/trial_timeline.py).
-        self.queue.put(pickle.dumps((ray.get_runtime_context().current_actor, report)))
+        controller = ray.get_runtime_context().current_actor
+        self.queue.put(pickle.dumps((self.run, controller, report)))
+
+
+#: This process's report queue, for every trial it runs (see the module's docstring).
+_QUEUE: Queue | None = None
+
+
+def _process_queue() -> Queue:
+    """The queue of the trial process this runs in, created on its first trial (and again if it
+    died). The actor lives as long as the process (Ray ends an actor with its owner)."""
+    global _QUEUE
+    try:
+        if _QUEUE is not None:
+            _QUEUE.qsize()  # one round trip: a dead queue would fail every later trial here
+    except RayActorError:
+        _QUEUE = None
+    if _QUEUE is None:
+        # On the trial function's node: an actor that needs no resources may be placed anywhere,
+        # and a lost worker node must not take the queue of a trial that resumes.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        #: one report at a time: Train waits for the trial to take a report before the next
+        _QUEUE = Queue(maxsize=1, actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    return _QUEUE
 
 
 def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
@@ -100,31 +126,47 @@ def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
             # Read before the queue: a report put after this is seen on the next turn.
             running = thread.is_alive()
             try:
-                controller, report = pickle.loads(reports.queue.get(timeout=_POLL_S))
+                run, sender, report = pickle.loads(reports.queue.get(timeout=_POLL_S))
             except Empty:
                 if not running:
                     break
                 continue
-            ray.tune.report(report)  # SystemExit when Tune stops the trial
+            if run == reports.run:  # not a late report of a run aborted before
+                controller = sender
+                ray.tune.report(report)  # SystemExit when Tune stops the trial
     except SystemExit:
-        # Without the queue a controller blocked on putting the next report can take the abort.
-        reports.queue.shutdown(force=True)
-        _abort(controller)
+        _abort(controller, reports.queue)
         thread.join(timeout=_ABORT_S)
         raise
-    finally:
-        reports.queue.shutdown()
     thread.join()
     if failure:
         raise failure[0]
 
 
-def _abort(controller: ActorHandle | None) -> None:
+def _abort(controller: ActorHandle | None, queue: Queue) -> None:
     """End a stopped trial's Train run: abort it (workers and placement group freed, the run
     marked aborted), or kill its controller if that takes longer than ``_ABORT_S``. ``None``:
-    Tune stopped the trial before its first report, and its run dies with this process."""
+    Tune stopped the trial before its first report, and its run dies with this process.
+
+    Meanwhile the queue is emptied: a controller blocked on putting its next report (Train calls
+    ``after_report`` in the controller's event loop) takes the abort only once the put returns.
+    """
     if controller is None:
         return
-    ready, _ = ray.wait([controller.abort.remote()], timeout=_ABORT_S)
-    if not ready:
-        ray.kill(controller)
+    aborted: ray.ObjectRef = controller.abort.remote()
+    deadline = time.monotonic() + _ABORT_S
+    while not ray.wait([aborted], timeout=_POLL_S)[0]:
+        _drain(queue)
+        if time.monotonic() > deadline:
+            ray.kill(controller)
+            break
+    _drain(queue)
+
+
+def _drain(queue: Queue) -> None:
+    """Take every report off ``queue`` (they belong to a run that is being aborted)."""
+    while True:
+        try:
+            queue.get_nowait()
+        except Empty:
+            return

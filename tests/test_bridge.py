@@ -42,19 +42,41 @@ class LateQueue:
             assert not fit.is_alive()
             raise Empty
         if self.items:
-            return pickle.dumps((None, self.items.pop(0)))
+            return pickle.dumps(("run", None, self.items.pop(0)))
         raise Empty
-
-    def shutdown(self, force: bool = False) -> None:
-        pass
 
 
 def test_a_report_put_while_the_reader_waits_is_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
     queue, passed = LateQueue(), list[dict[str, Any]]()
-    reports = type("Reports", (), {"queue": queue})()
+    reports = type("Reports", (), {"queue": queue, "run": "run"})()
     monkeypatch.setattr(ray.tune, "report", passed.append)
     fit_reporting(queue, reports)  # the queue is the trainer too: its fit() waits for the reader
     assert passed == [{"epoch": 1}] and queue.gets == 3  # timed out, the report, empty: done
+
+
+class Finished:
+    """A trainer whose run already put its reports (``items``) and ended; ``get`` hands them out."""
+
+    def __init__(self, *items: tuple[str, dict[str, Any]]) -> None:
+        self.items = [pickle.dumps((run, None, report)) for run, report in items]
+
+    def fit(self) -> None:
+        pass
+
+    def get(self, timeout: float) -> bytes:
+        if self.items:
+            return self.items.pop(0)
+        raise Empty
+
+
+def test_a_late_report_of_a_run_before_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial process's queue outlives its trials: what an aborted run put after its trial's
+    stop must not reach the next trial."""
+    queue = Finished(("aborted", {"epoch": 3}), ("this", {"epoch": 1}), ("aborted", {"epoch": 4}))
+    passed = list[dict[str, Any]]()
+    monkeypatch.setattr(ray.tune, "report", passed.append)
+    fit_reporting(queue, type("Reports", (), {"queue": queue, "run": "this"})())
+    assert passed == [{"epoch": 1}] and not queue.items
 
 
 class InstantFit:
@@ -175,11 +197,18 @@ def test_a_trial_asha_stops_ends_its_train_run_and_lends_its_process_to_the_next
 ) -> None:
     """ASHA with reused trial processes, as a study searches: the first trial completes, the next
     two score below it at epoch 1 and are stopped. Each stopped trial's Train run must end at the
-    stop, not go on training beside the next trial in the same process."""
+    stop, not go on training beside the next trial in the same process, and the process's one
+    report queue serves all three trials."""
     import time
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.util.state import list_actors
+
+    def queues() -> set[str]:
+        return {a.actor_id for a in list_actors(filters=[("class_name", "=", "_QueueActor")])}
+
+    queues_before = queues()
 
     last: dict[float, dict[str, Any]] = {}  # by q: the trial's last report as Tune saw it
     stopped_at: dict[str, float] = {}
@@ -207,6 +236,7 @@ def test_a_trial_asha_stops_ends_its_train_run_and_lends_its_process_to_the_next
     assert last[1.0]["epoch"] == 3
     assert [last[q]["epoch"] for q in (0.1, 0.2)] == [1, 1]  # both stopped by ASHA
     assert len({last[q]["driver_pid"] for q in (0.1, 0.2)}) == 1  # one process ran both
+    assert len(queues() - queues_before) == 1
     for q in (0.1, 0.2):
         trial_id = last[q]["trial_id"]
         last_tick = float((tmp_path / f"ticks-{trial_id}").read_text())
