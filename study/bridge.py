@@ -9,9 +9,10 @@ ends the trial without it. A 1-epoch trial then has no result at all; a longer o
 epoch and its ``test/*`` metrics, and reads as stopped early.
 
 Here the trial function itself reads the queue: ``fit()`` runs in a thread, each report is passed
-on with ``ray.tune.report`` (which returns once Tune took it), and the function returns only after
-``fit()`` has ended and the queue is empty. Every report was put before ``fit()`` returned (the
-Train controller calls ``after_report`` synchronously), so none can arrive later.
+on with ``ray.tune.report`` (which returns once Tune took it), and the function returns when it
+reads the end marker that the thread puts on the queue after ``fit()`` returned. Every report was
+put before that (the Train controller calls ``after_report`` synchronously), so the marker comes
+after the last one, and the reader waits on the queue without polling.
 
 When Tune stops the trial (ASHA), ``ray.tune.report`` raises ``SystemExit`` in the trial function.
 Tune may then run the next trial in the same process (``reuse_actors``), so the stopped trial's
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import threading
 import time
 import uuid
@@ -37,14 +39,14 @@ import ray.tune
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 from ray.train import UserCallback
-from ray.util.queue import Empty, Queue
+from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 __all__ = ["ReportQueue", "fit_reporting"]
 
 #: The key a forwarded report carries its checkpoint's path under (as Ray's own bridge does).
 CHECKPOINT_PATH_KEY = "checkpoint_path"
-#: How long the trial function waits on the queue before it checks whether ``fit()`` has ended.
+#: How often an abort checks that it is done (and empties the queue meanwhile).
 _POLL_S = 0.2
 #: How long a stopped trial waits for its Train run to abort before it kills the controller, and
 #: then for ``fit()`` to return.
@@ -60,7 +62,7 @@ class ReportQueue(UserCallback):
     The metrics are rank 0's only: ``worker.py`` reports all-reduced metrics from every rank. A
     checkpoint is already in Train's storage; only its path travels, under ``checkpoint_path``.
     Each item is ``(run, controller, report)``, pickled: ``run`` is this callback's token, and the
-    controller's handle lets a stopped trial abort its run.
+    controller's handle lets a stopped trial abort its run. ``(run, None, None)`` ends the run.
     """
 
     def __init__(self) -> None:
@@ -110,12 +112,16 @@ def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
     """
     failure: list[BaseException] = []
     controller: ActorHandle | None = None
+    stopped = threading.Event()  # Tune stopped the trial: nobody reads the queue any more
 
     def fit() -> None:
         try:
             trainer.fit()
         except BaseException as exc:  # re-raised in the trial function below
             failure.append(exc)
+        finally:
+            if not stopped.is_set():
+                reports.queue.put(pickle.dumps((reports.run, None, None)))
 
     # Read by Tune in this process when it resets it for the next trial (reuse_actors).
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", _TUNE_STOP_TIMEOUT_S)
@@ -123,18 +129,15 @@ def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
     thread.start()
     try:
         while True:
-            # Read before the queue: a report put after this is seen on the next turn.
-            running = thread.is_alive()
-            try:
-                run, sender, report = pickle.loads(reports.queue.get(timeout=_POLL_S))
-            except Empty:
-                if not running:
-                    break
+            run, sender, report = pickle.loads(reports.queue.get())
+            if run != reports.run:  # a late report of a run aborted before
                 continue
-            if run == reports.run:  # not a late report of a run aborted before
-                controller = sender
-                ray.tune.report(report)  # SystemExit when Tune stops the trial
+            if report is None:
+                break
+            controller = sender
+            ray.tune.report(report)  # SystemExit when Tune stops the trial
     except SystemExit:
+        stopped.set()
         _abort(controller, reports.queue)
         thread.join(timeout=_ABORT_S)
         raise
@@ -143,7 +146,7 @@ def fit_reporting(trainer: Any, reports: ReportQueue) -> None:
         raise failure[0]
 
 
-def _abort(controller: ActorHandle | None, queue: Queue) -> None:
+def _abort(controller: ActorHandle | None, reports: Queue) -> None:
     """End a stopped trial's Train run: abort it (workers and placement group freed, the run
     marked aborted), or kill its controller if that takes longer than ``_ABORT_S``. ``None``:
     Tune stopped the trial before its first report, and its run dies with this process.
@@ -156,17 +159,17 @@ def _abort(controller: ActorHandle | None, queue: Queue) -> None:
     aborted: ray.ObjectRef = controller.abort.remote()
     deadline = time.monotonic() + _ABORT_S
     while not ray.wait([aborted], timeout=_POLL_S)[0]:
-        _drain(queue)
+        _drain(reports)
         if time.monotonic() > deadline:
             ray.kill(controller)
             break
-    _drain(queue)
+    _drain(reports)
 
 
-def _drain(queue: Queue) -> None:
-    """Take every report off ``queue`` (they belong to a run that is being aborted)."""
+def _drain(reports: Queue) -> None:
+    """Take every item off ``reports`` (they belong to a run that is being aborted)."""
     while True:
         try:
-            queue.get_nowait()
-        except Empty:
+            reports.get_nowait()
+        except queue.Empty:  # Ray's queue raises a subclass
             return

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import queue
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import ray.cloudpickle
 import ray.tune
-from ray.util.queue import Empty
 
 from study.bridge import fit_reporting
 
@@ -19,64 +18,48 @@ from study.bridge import fit_reporting
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-class LateQueue:
-    """A report queue whose first ``get`` lets ``fit()`` put its one report and end, and only then
-    times out: the interleaving in which a reader that checked for the end of ``fit()`` after its
-    ``get`` (not before) would end the trial without the report."""
+class Run:
+    """A trainer whose ``fit()`` puts ``items`` (``(run, report)``) on its queue, a thread-safe
+    queue of this process as the trial process's, and returns (or raises, with ``fail``)."""
 
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.reading = threading.Event()  # the first get has begun
-        self.gets = 0
-
-    def fit(self) -> None:  # the trainer's: waits for the reader, then reports and returns
-        assert self.reading.wait(timeout=10)
-        self.items.append({"epoch": 1})
-
-    def get(self, timeout: float) -> bytes:
-        self.gets += 1
-        if self.gets == 1:
-            self.reading.set()
-            (fit,) = [t for t in threading.enumerate() if t.name == "train-fit"]
-            fit.join(timeout=10)
-            assert not fit.is_alive()
-            raise Empty
-        if self.items:
-            return pickle.dumps(("run", None, self.items.pop(0)))
-        raise Empty
-
-
-def test_a_report_put_while_the_reader_waits_is_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    queue, passed = LateQueue(), list[dict[str, Any]]()
-    reports = type("Reports", (), {"queue": queue, "run": "run"})()
-    monkeypatch.setattr(ray.tune, "report", passed.append)
-    fit_reporting(queue, reports)  # the queue is the trainer too: its fit() waits for the reader
-    assert passed == [{"epoch": 1}] and queue.gets == 3  # timed out, the report, empty: done
-
-
-class Finished:
-    """A trainer whose run already put its reports (``items``) and ended; ``get`` hands them out."""
-
-    def __init__(self, *items: tuple[str, dict[str, Any]]) -> None:
-        self.items = [pickle.dumps((run, None, report)) for run, report in items]
+    def __init__(self, *items: tuple[str, dict[str, Any]], fail: bool = False) -> None:
+        self.queue: queue.Queue[bytes] = queue.Queue()
+        self.items, self.fail, self.run = items, fail, "this"
 
     def fit(self) -> None:
-        pass
-
-    def get(self, timeout: float) -> bytes:
-        if self.items:
-            return self.items.pop(0)
-        raise Empty
+        for run, report in self.items:
+            self.queue.put(pickle.dumps((run, None, report)))
+        if self.fail:
+            raise RuntimeError("worker group failed")
 
 
-def test_a_late_report_of_a_run_before_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The trial process's queue outlives its trials: what an aborted run put after its trial's
-    stop must not reach the next trial."""
-    queue = Finished(("aborted", {"epoch": 3}), ("this", {"epoch": 1}), ("aborted", {"epoch": 4}))
+@pytest.fixture
+def reported(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """What the trial function passes to ``ray.tune.report``, in order."""
     passed = list[dict[str, Any]]()
     monkeypatch.setattr(ray.tune, "report", passed.append)
-    fit_reporting(queue, type("Reports", (), {"queue": queue, "run": "this"})())
-    assert passed == [{"epoch": 1}] and not queue.items
+    return passed
+
+
+def test_every_report_is_passed_on_in_order_the_last_one_too(reported: list[dict]) -> None:
+    run = Run(("this", {"epoch": 1}), ("this", {"epoch": 2}))
+    fit_reporting(run, run)  # type: ignore[arg-type]  # the run is its own report queue
+    assert reported == [{"epoch": 1}, {"epoch": 2}] and run.queue.empty()
+
+
+def test_a_late_report_of_a_run_before_is_skipped(reported: list[dict]) -> None:
+    """The trial process's queue outlives its trials: what an aborted run put after its trial's
+    stop must not reach the next trial."""
+    run = Run(("aborted", {"epoch": 3}), ("this", {"epoch": 1}), ("aborted", {"epoch": 4}))
+    fit_reporting(run, run)  # type: ignore[arg-type]
+    assert reported == [{"epoch": 1}] and run.queue.empty()
+
+
+def test_a_failed_fit_raises_after_its_reports(reported: list[dict]) -> None:
+    run = Run(("this", {"epoch": 1}), fail=True)
+    with pytest.raises(RuntimeError, match="worker group failed"):
+        fit_reporting(run, run)  # type: ignore[arg-type]
+    assert reported == [{"epoch": 1}] and run.queue.empty()
 
 
 class InstantFit:
