@@ -14,7 +14,9 @@ Per Train run (one per trial), from the timeline's events (:func:`phases`):
   worker process start);
 * ``worker_init_s``: the worker's ``init_train_context`` (its imports, Train's context);
 * ``first_put_s``: the controller putting the run's first report on the study's report queue
-  (``study/bridge.py``), which the controller waits for;
+  (``study/bridge.py``), which the controller waits for. ``None`` where the timeline lacks it:
+  the queue lives as long as its trial process, which Tune kills at the study's end, within a
+  second of the last trial's put, before the queue's actor sent its task events;
 * ``run_s``: the controller's whole ``run``, start of the worker group to its end.
 
 Headline: the mean ``run_s``, now / before. The JSON has every run's phases.
@@ -31,7 +33,7 @@ import argparse
 import functools
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,7 @@ def _end(event: Mapping[str, Any]) -> float:
     return float(event["ts"]) + float(event["dur"])
 
 
-def phases(events: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+def phases(events: Sequence[Mapping[str, Any]]) -> list[dict[str, float | None]]:
     """One dict of :data:`PHASES` per Train run, in order; trials must run one at a time (a
     run's worker call and report are the first ones inside its controller's ``run``)."""
     inits = {e["tid"]: e for e in _calls(events, "TrainController.__init__")}
@@ -68,13 +70,13 @@ def phases(events: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
     out = []
     for run in _calls(events, "TrainController.run"):
         worker = next(e for e in workers if _start(run) <= _start(e) <= _end(run))
-        put = next(e for e in puts if _start(run) <= _start(e) <= _end(run))
+        put = next((e for e in puts if _start(run) <= _start(e) <= _end(run)), None)
         out.append(
             {
                 "controller_init_s": float(inits[run["tid"]]["dur"]) * _US,
                 "to_worker_s": (_start(worker) - _start(run)) * _US,
                 "worker_init_s": float(worker["dur"]) * _US,
-                "first_put_s": float(put["dur"]) * _US,
+                "first_put_s": None if put is None else float(put["dur"]) * _US,
                 "run_s": float(run["dur"]) * _US,
             }
         )
@@ -108,12 +110,17 @@ def run(code: Path, space: Path, work: Path, name: str) -> dict[str, Any]:
     return {"wall_s": wall, "runs": phases(json.loads(timeline.read_text()))}
 
 
+def _mean_std(values: Iterable[float | None]) -> tuple[float, float]:
+    """Mean and std of the values the timeline has (see ``first_put_s``)."""
+    return mean_std([v for v in values if v is not None])
+
+
 def summarise(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     """Per code: mean and std of each phase over every Train run, and of the study wall."""
     out: dict[str, Any] = {}
     for code, studies in runs.items():
         every = [r for s in studies for r in s["runs"]]
-        out[code] = {k: mean_std([r[k] for r in every]) for k in PHASES}
+        out[code] = {k: _mean_std(r[k] for r in every) for k in PHASES}
         out[code]["wall_s"] = mean_std([s["wall_s"] for s in studies])
     out["run_s_ratio"] = out["now"]["run_s"][0] / out["before"]["run_s"][0]
     return out
@@ -145,9 +152,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 r = run(code, space, work, f"{name}-{i}")
                 print(
                     f"run {i + 1}/{args.repeats}, code {name}: {r['wall_s']:.1f} s; per Train run "
-                    + ", ".join(
-                        f"{k} {mean_std([t[k] for t in r['runs']])[0]:.2f}" for k in PHASES
-                    ),
+                    + ", ".join(f"{k} {_mean_std(t[k] for t in r['runs'])[0]:.2f}" for k in PHASES),
                     flush=True,
                 )
                 runs[name].append(r)

@@ -456,6 +456,21 @@ def test_trial_timeline_splits_each_train_run_at_its_own_calls() -> None:
     assert s["run_s_ratio"] == 8.5 / 10.0 and s["before"]["wall_s"] == (40.0, 0.0)
 
 
+def test_trial_timeline_leaves_out_a_put_the_timeline_lacks() -> None:
+    """The last trial's put may be missing (its queue dies with the trial process): that run has
+    no ``first_put_s``, and the mean is over the runs that have one."""
+    events = [
+        _event("TrainController.__init__", "worker:c", 0.0, 1.5),
+        _event("TrainController.run", "worker:c", 2.0, 10.0),
+        _event("RayTrainWorker.init_train_context", "worker:w", 4.5, 1.25),
+    ]
+    (run,) = trial_timeline.phases(events)
+    assert run["first_put_s"] is None and run["run_s"] == 10.0
+    studies = [{"wall_s": 40.0, "runs": [run, {**run, "first_put_s": 0.5}]}]
+    s = trial_timeline.summarise({"before": studies, "now": studies})
+    assert s["now"]["first_put_s"] == (0.5, 0.0) and s["now"]["run_s"] == (10.0, 0.0)
+
+
 # ----------------------------------------------------------------------------- figures.py
 
 
