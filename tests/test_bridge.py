@@ -19,8 +19,8 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 class Run:
-    """A trainer whose ``fit()`` puts ``items`` (``(run, report)``) on its queue, a thread-safe
-    queue of this process as the trial process's, and returns (or raises, with ``fail``)."""
+    """A trainer that is its own report queue: ``fit()`` puts ``items`` (``(run, report)``) on
+    ``queue``, as the Train controller's callback does, and returns (or raises, with ``fail``)."""
 
     def __init__(self, *items: tuple[str, dict[str, Any]], fail: bool = False) -> None:
         self.queue: queue.Queue[bytes] = queue.Queue()
